@@ -1,0 +1,116 @@
+//! Connect and register: one attempt, bounded by `connect_timeout`.
+
+use std::io;
+
+use sova_relay_protocol::{
+    encode_frame, validate_instance_name, Message, CAPABILITY_PONG, CAPABILITY_PRESENCE,
+};
+use uuid::Uuid;
+
+use crate::transport::{Endpoint, Transport};
+use crate::{ClientConfig, ClientError, Peer};
+
+/// What the relay granted.
+#[derive(Debug, Clone)]
+pub(crate) struct Registration {
+    /// Our id until the connection ends; every `StateUpdate` must carry it.
+    pub(crate) id: Uuid,
+    /// The other instances of the session at registration time.
+    pub(crate) peers: Vec<Peer>,
+    /// Capabilities the relay granted (empty for relays that predate extensions).
+    pub(crate) capabilities: Vec<String>,
+}
+
+/// Connects to `endpoint` and registers as `config.name`.
+pub(crate) async fn register(
+    endpoint: &Endpoint,
+    config: &ClientConfig,
+) -> Result<(Transport, Registration), ClientError> {
+    validate_instance_name(&config.name).map_err(ClientError::InvalidName)?;
+    let limit = config.connect_timeout;
+    let attempt = async {
+        let mut transport = Transport::connect(endpoint, config.max_message_size).await?;
+        transport
+            .send([encode_frame(&register_message(config))], limit)
+            .await?;
+        let registration = await_response(&mut transport, config).await?;
+        Ok((transport, registration))
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .unwrap_or(Err(ClientError::Timeout(limit)))
+}
+
+fn register_message(config: &ClientConfig) -> Message {
+    Message::RegisterInstance {
+        instance_name: config.name.clone(),
+        version: config.sova_version.clone(),
+        session_token: config.session_token.clone(),
+        capabilities: Some(vec![
+            CAPABILITY_PONG.to_owned(),
+            CAPABILITY_PRESENCE.to_owned(),
+        ]),
+    }
+}
+
+async fn await_response(
+    transport: &mut Transport,
+    config: &ClientConfig,
+) -> Result<Registration, ClientError> {
+    loop {
+        let message = match transport.recv().await {
+            Some(received) => received??,
+            None => {
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "relay closed the connection during registration",
+                )))
+            }
+        };
+        match message {
+            Message::RegistrationResponse {
+                success: true,
+                assigned_id: Some(id),
+                current_instances,
+                capabilities,
+                ..
+            } => {
+                let peers = current_instances
+                    .into_iter()
+                    .map(|info| Peer {
+                        id: info.id,
+                        name: info.name,
+                    })
+                    .collect();
+                let capabilities = capabilities.unwrap_or_default();
+                return Ok(Registration {
+                    id,
+                    peers,
+                    capabilities,
+                });
+            }
+            Message::RegistrationResponse {
+                success: true,
+                assigned_id: None,
+                ..
+            } => {
+                return Err(ClientError::Unexpected(
+                    "registration succeeded without an id".to_owned(),
+                ))
+            }
+            Message::RegistrationResponse { message, .. } | Message::Error { message } => {
+                return Err(ClientError::from_relay_message(message))
+            }
+            Message::Ping { timestamp } => {
+                let pong = encode_frame(&Message::Pong { timestamp });
+                transport.send([pong], config.request_timeout).await?;
+            }
+            other => {
+                return Err(ClientError::Unexpected(format!(
+                    "{} before the registration response",
+                    other.kind()
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Async client for the Sova relay.
+//!
+//! A Sova instance (or any tool) registers with a relay under a name, sends state updates,
+//! and receives the updates of the other instances of its session as [`Event`]s. The client
+//! answers the relay's pings, measures round trips, estimates the relay's clock, and
+//! reconnects with backoff when the connection drops, re-registering under the same name
+//! and then sending the updates queued meanwhile, in order.
+//!
+//! ```no_run
+//! use sova_relay_client::{ClientConfig, Event, RelayClient};
+//!
+//! # async fn jam() -> Result<(), sova_relay_client::ClientError> {
+//! let mut client = RelayClient::connect("127.0.0.1:9090", ClientConfig::new("alice")).await?;
+//! client.send_update(b"tempo 120")?;
+//! while let Some(event) = client.next_event().await {
+//!     if let Event::Broadcast { from, data, .. } = event {
+//!         println!("{from}: {}", String::from_utf8_lossy(&data));
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! To send from one task and receive in another, [`RelayClient::split`] the client into a
+//! cloneable [`RelaySender`] and the [`Events`] stream.
+//!
+//! Design: one background task owns the socket (as in nats.rs); handles talk to it through
+//! bounded channels, and shared state sits behind a std mutex never held across an `.await`.
+
+mod backoff;
+mod client;
+mod clock;
+mod config;
+mod error;
+mod event;
+mod handshake;
+mod state;
+mod task;
+mod transport;
+
+pub use backoff::Backoff;
+pub use client::{RelayClient, RelaySender};
+pub use clock::{now_ms, ClockOffset};
+pub use config::{ClientConfig, ReconnectConfig, UpdateForm, DEFAULT_SOVA_VERSION};
+pub use error::ClientError;
+pub use event::{Event, Events, Peer};

@@ -1,0 +1,568 @@
+//! The one task that owns the socket: it writes queued updates, turns incoming messages into
+//! events, answers the relay's pings, keeps a heartbeat, and reconnects.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sova_relay_protocol::{encode_frame, Message, UpdateData};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::clock::now_ms;
+use crate::handshake::{register, Registration};
+use crate::state::Shared;
+use crate::transport::{Endpoint, Transport};
+use crate::{ClientConfig, ClientError, Event, Peer};
+
+/// Most updates written in one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Most of our pings awaiting a pong; beyond it `ping()` fails at once.
+const MAX_PENDING_PINGS: usize = 64;
+
+/// How long `close` waits for the relay to acknowledge the end of the stream.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// An update waiting to be written; the id is added at write time, since it changes when
+/// the client registers again.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) timestamp: u64,
+    pub(crate) data: UpdateData,
+}
+
+/// Requests from the handles other than updates.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Measure one round trip.
+    Ping(oneshot::Sender<Result<Duration, ClientError>>),
+    /// Write what is queued, end the connection, stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// A ping of ours awaiting its pong.
+struct PendingPing {
+    timestamp: u64,
+    sent: Instant,
+    /// `None` for the task's own heartbeat pings.
+    reply: Option<oneshot::Sender<Result<Duration, ClientError>>>,
+}
+
+/// Why serving a connection ended.
+enum Exit {
+    /// The connection failed; reconnect if configured.
+    Lost(String),
+    /// The handles asked to stop (`close`), or all of them are gone (`None`).
+    Stop(Option<oneshot::Sender<()>>),
+}
+
+/// The channels the task is built from.
+pub(crate) struct Channels {
+    pub(crate) updates: mpsc::Receiver<Outgoing>,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) written: watch::Sender<u64>,
+}
+
+/// The connection task's state.
+pub(crate) struct Task {
+    endpoint: Endpoint,
+    config: ClientConfig,
+    shared: Arc<Shared>,
+    updates: mpsc::Receiver<Outgoing>,
+    control: mpsc::Receiver<Control>,
+    events: mpsc::Sender<Event>,
+    /// Events not yet handed to the application; the socket is not read while any wait, so
+    /// a slow application slows the relay's sends to us instead of growing memory.
+    backlog: VecDeque<Event>,
+    /// Updates taken from the queue whose write failed; written first after reconnecting.
+    unsent: VecDeque<Outgoing>,
+    /// Updates written so far, published through `written_tx` for `flush`.
+    written: u64,
+    written_tx: watch::Sender<u64>,
+    pings: VecDeque<PendingPing>,
+    last_ping_timestamp: u64,
+    backoff: Backoff,
+}
+
+impl Task {
+    /// A task for a client that has just registered.
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        config: ClientConfig,
+        shared: Arc<Shared>,
+        channels: Channels,
+    ) -> Self {
+        let backoff = Backoff::new(config.reconnect.clone());
+        Self {
+            endpoint,
+            config,
+            shared,
+            updates: channels.updates,
+            control: channels.control,
+            events: channels.events,
+            backlog: VecDeque::new(),
+            unsent: VecDeque::new(),
+            written: 0,
+            written_tx: channels.written,
+            pings: VecDeque::new(),
+            last_ping_timestamp: 0,
+            backoff,
+        }
+    }
+
+    /// Runs until the client is closed, dropped, or gives up reconnecting.
+    pub(crate) async fn run(mut self, mut transport: Transport) {
+        loop {
+            let reply = match self.serve(&mut transport).await {
+                Exit::Stop(reply) => {
+                    self.close(&mut transport).await;
+                    reply
+                }
+                Exit::Lost(reason) => {
+                    warn!(%reason, "connection to relay lost");
+                    self.connection_lost(reason);
+                    if !self.config.reconnect.enabled {
+                        self.finish(None).await;
+                        return;
+                    }
+                    match self.reconnect().await {
+                        Ok(Some(next)) => {
+                            transport = next;
+                            continue;
+                        }
+                        Ok(None) => None,
+                        Err(stop) => stop,
+                    }
+                }
+            };
+            self.finish(reply).await;
+            return;
+        }
+    }
+
+    /// Serves one registered connection until it fails or the client stops.
+    async fn serve(&mut self, transport: &mut Transport) -> Exit {
+        if let Err(err) = self.write_unsent(transport).await {
+            return Exit::Lost(err.to_string());
+        }
+        if let Err(err) = self.send_ping(transport, None).await {
+            return Exit::Lost(err.to_string());
+        }
+        let mut heartbeat = self.config.heartbeat_interval.map(|period| {
+            let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            interval
+        });
+        // A clone, so that a reserved permit does not borrow `self` in the other branches.
+        let events = self.events.clone();
+        loop {
+            let result = tokio::select! {
+                biased;
+                permit = events.reserve(), if !self.backlog.is_empty() => {
+                    deliver(&mut self.backlog, permit.ok());
+                    Ok(())
+                }
+                command = self.control.recv() => match command {
+                    Some(Control::Ping(reply)) => self.send_ping(transport, Some(reply)).await,
+                    Some(Control::Close(reply)) => return Exit::Stop(Some(reply)),
+                    None => return Exit::Stop(None),
+                },
+                received = transport.recv(), if self.backlog.is_empty() => match received {
+                    Some(Ok(message)) => self.on_message(transport, message).await,
+                    Some(Err(err)) => Err(err),
+                    None => return Exit::Lost("relay closed the connection".to_owned()),
+                },
+                update = self.updates.recv() => match update {
+                    Some(update) => self.write_updates(transport, update).await,
+                    None => return Exit::Stop(None),
+                },
+                () = tick(&mut heartbeat) => self.heartbeat(transport).await,
+            };
+            if let Err(err) = result {
+                return Exit::Lost(err.to_string());
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, up to a batch, in one flush.
+    async fn write_updates(
+        &mut self,
+        transport: &mut Transport,
+        first: Outgoing,
+    ) -> Result<(), ClientError> {
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match self.updates.try_recv() {
+                Ok(update) => batch.push(update),
+                Err(_) => break,
+            }
+        }
+        self.write_batch(transport, batch).await
+    }
+
+    /// Writes updates that failed on the previous connection, in their original order.
+    async fn write_unsent(&mut self, transport: &mut Transport) -> Result<(), ClientError> {
+        while !self.unsent.is_empty() {
+            let count = self.unsent.len().min(WRITE_BATCH);
+            let batch: Vec<_> = self.unsent.drain(..count).collect();
+            self.write_batch(transport, batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_batch(
+        &mut self,
+        transport: &mut Transport,
+        batch: Vec<Outgoing>,
+    ) -> Result<(), ClientError> {
+        let Some(id) = self.shared.lock().id else {
+            self.unsent.extend(batch);
+            return Err(ClientError::NotConnected);
+        };
+        let frames: Vec<Bytes> = batch
+            .iter()
+            .map(|update| {
+                encode_frame(&Message::StateUpdate {
+                    source_instance_id: id,
+                    timestamp: update.timestamp,
+                    update_data: update.data.clone(),
+                })
+            })
+            .collect();
+        match transport.send(frames, self.config.request_timeout).await {
+            Ok(()) => {
+                self.written += batch.len() as u64;
+                self.written_tx.send_replace(self.written);
+                debug!(count = batch.len(), "updates written");
+                Ok(())
+            }
+            Err(err) => {
+                // Nothing says how much of the batch reached the relay: resend all of it
+                // after reconnecting (at-least-once for this batch only).
+                for update in batch.into_iter().rev() {
+                    self.unsent.push_front(update);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Reacts to one message from the relay.
+    async fn on_message(
+        &mut self,
+        transport: &mut Transport,
+        message: Result<Message, ClientError>,
+    ) -> Result<(), ClientError> {
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                warn!(%err, "undecodable message from relay");
+                self.backlog.push_back(Event::Error(format!(
+                    "undecodable message from relay: {err}"
+                )));
+                return Ok(());
+            }
+        };
+        match message {
+            Message::Ping { timestamp } => {
+                let pong = encode_frame(&Message::Pong { timestamp });
+                transport.send([pong], self.config.request_timeout).await?;
+                self.shared.lock().clock.add_relay_timestamp(timestamp);
+                if self.pings.is_empty() {
+                    self.send_ping(transport, None).await?;
+                }
+            }
+            Message::Pong { timestamp } => self.on_pong(timestamp),
+            other => {
+                if let Some(event) = self.event_for(other) {
+                    self.backlog.push_back(event);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The event a relay message means, updating the peer list on the way.
+    fn event_for(&mut self, message: Message) -> Option<Event> {
+        Some(match message {
+            Message::StateBroadcast {
+                source_instance_name,
+                timestamp,
+                update_data,
+            } => match update_data.to_vec() {
+                Ok(data) => Event::Broadcast {
+                    from: source_instance_name,
+                    timestamp,
+                    data,
+                },
+                Err(err) => Event::Error(format!("broadcast from {source_instance_name}: {err}")),
+            },
+            Message::InstanceConnected {
+                instance_id,
+                instance_name,
+            } => {
+                let peer = Peer {
+                    id: instance_id,
+                    name: instance_name.clone(),
+                };
+                let mut state = self.shared.lock();
+                if state.peers.contains(&peer) {
+                    return None;
+                }
+                state.peers.push(peer);
+                Event::Joined {
+                    id: instance_id,
+                    name: instance_name,
+                }
+            }
+            Message::InstanceDisconnected {
+                instance_id,
+                instance_name,
+            } => {
+                self.shared
+                    .lock()
+                    .peers
+                    .retain(|peer| peer.id != instance_id);
+                Event::Left {
+                    id: instance_id,
+                    name: instance_name,
+                }
+            }
+            Message::Error { message } => {
+                warn!(%message, "relay reported an error");
+                Event::Error(message)
+            }
+            other => Event::Error(format!("unexpected {} from relay", other.kind())),
+        })
+    }
+
+    /// Sends a ping of ours; `reply` gets the round trip.
+    async fn send_ping(
+        &mut self,
+        transport: &mut Transport,
+        reply: Option<oneshot::Sender<Result<Duration, ClientError>>>,
+    ) -> Result<(), ClientError> {
+        if self.pings.len() >= MAX_PENDING_PINGS {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ClientError::Timeout(self.config.request_timeout)));
+            }
+            return Ok(());
+        }
+        // Strictly increasing, so that each pong matches exactly one ping.
+        let timestamp = now_ms().max(self.last_ping_timestamp + 1);
+        self.last_ping_timestamp = timestamp;
+        self.pings.push_back(PendingPing {
+            timestamp,
+            sent: Instant::now(),
+            reply,
+        });
+        let ping = encode_frame(&Message::Ping { timestamp });
+        transport.send([ping], self.config.request_timeout).await
+    }
+
+    fn on_pong(&mut self, timestamp: u64) {
+        let Some(index) = self.pings.iter().position(|p| p.timestamp == timestamp) else {
+            debug!(timestamp, "pong for no ping of ours");
+            return;
+        };
+        let Some(ping) = self.pings.remove(index) else {
+            return;
+        };
+        let rtt = ping.sent.elapsed();
+        self.shared.lock().clock.add_rtt(rtt);
+        if let Some(reply) = ping.reply {
+            let _ = reply.send(Ok(rtt));
+        }
+    }
+
+    /// Declares the connection dead if a ping went unanswered too long, then pings again.
+    async fn heartbeat(&mut self, transport: &mut Transport) -> Result<(), ClientError> {
+        let limit = self.config.request_timeout;
+        if self.pings.front().is_some_and(|p| p.sent.elapsed() > limit) {
+            return Err(ClientError::Timeout(limit));
+        }
+        self.send_ping(transport, None).await
+    }
+
+    /// Marks the client disconnected and tells the application.
+    fn connection_lost(&mut self, reason: String) {
+        self.shared.disconnected();
+        for ping in self.pings.drain(..) {
+            if let Some(reply) = ping.reply {
+                let _ = reply.send(Err(ClientError::NotConnected));
+            }
+        }
+        self.backlog.push_back(Event::Disconnected(reason));
+    }
+
+    /// Registers again, with backoff. `Ok(Some)`: registered; `Ok(None)`: gave up (the
+    /// reason is in the backlog); `Err`: the handles asked to stop.
+    async fn reconnect(&mut self) -> Result<Option<Transport>, Option<oneshot::Sender<()>>> {
+        loop {
+            let Some(delay) = self.backoff.next_delay() else {
+                let attempts = self.backoff.attempts();
+                self.backlog.push_back(Event::Error(format!(
+                    "gave up reconnecting after {attempts} attempts"
+                )));
+                return Ok(None);
+            };
+            self.idle(tokio::time::sleep(delay)).await?;
+            let (endpoint, config) = (self.endpoint.clone(), self.config.clone());
+            let attempt = async move { register(&endpoint, &config).await };
+            match self.idle(attempt).await? {
+                Ok((transport, registration)) => {
+                    info!(id = %registration.id, "reconnected to relay");
+                    self.reconnected(&registration);
+                    return Ok(Some(transport));
+                }
+                Err(err) if err.is_retryable() => {
+                    info!(%err, attempt = self.backoff.attempts(), "reconnect failed, retrying");
+                }
+                Err(err) => {
+                    warn!(%err, "reconnect refused, giving up");
+                    self.backlog.push_back(Event::Error(err.to_string()));
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Publishes a new registration and reports who came and went meanwhile.
+    fn reconnected(&mut self, registration: &Registration) {
+        self.backoff.reset();
+        let before = self.shared.registered(registration);
+        self.backlog.push_back(Event::Reconnected);
+        for gone in before.iter().filter(|p| !registration.peers.contains(p)) {
+            self.backlog.push_back(Event::Left {
+                id: gone.id,
+                name: gone.name.clone(),
+            });
+        }
+        for new in registration.peers.iter().filter(|p| !before.contains(p)) {
+            self.backlog.push_back(Event::Joined {
+                id: new.id,
+                name: new.name.clone(),
+            });
+        }
+    }
+
+    /// Awaits `work` while disconnected, still delivering events and answering the handles.
+    /// `Err` when the handles ask to stop.
+    async fn idle<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Option<oneshot::Sender<()>>> {
+        tokio::pin!(work);
+        let events = self.events.clone();
+        loop {
+            tokio::select! {
+                biased;
+                permit = events.reserve(), if !self.backlog.is_empty() => {
+                    deliver(&mut self.backlog, permit.ok());
+                }
+                command = self.control.recv() => match command {
+                    Some(Control::Ping(reply)) => {
+                        let _ = reply.send(Err(ClientError::NotConnected));
+                    }
+                    Some(Control::Close(reply)) => return Err(Some(reply)),
+                    None => return Err(None),
+                },
+                output = &mut work => return Ok(output),
+            }
+        }
+    }
+
+    /// Writes what is still queued, half-closes, and reads until the relay closes too, so
+    /// that nothing the relay sent (an error about our last updates) is lost.
+    async fn close(&mut self, transport: &mut Transport) {
+        let mut result = self.write_unsent(transport).await;
+        while result.is_ok() {
+            let batch: Vec<_> = std::iter::from_fn(|| self.updates.try_recv().ok())
+                .take(WRITE_BATCH)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            result = self.write_batch(transport, batch).await;
+        }
+        transport.shutdown(CLOSE_GRACE).await;
+        let deadline = Instant::now() + CLOSE_GRACE;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, transport.recv()).await
+        {
+            match message {
+                Ok(Message::Pong { timestamp }) => self.on_pong(timestamp),
+                // Too late to answer: we have half-closed.
+                Ok(Message::Ping { .. }) | Err(_) => {}
+                Ok(message) => {
+                    let event = self.event_for(message);
+                    self.backlog.extend(event);
+                }
+            }
+        }
+        self.shared.disconnected();
+        info!("connection to relay closed");
+    }
+
+    /// Delivers the remaining events (unless nobody listens), then answers `close`.
+    async fn finish(&mut self, reply: Option<oneshot::Sender<()>>) {
+        while let Some(event) = self.backlog.pop_front() {
+            let sent = match reply {
+                Some(_) => self.events.try_send(event).is_ok(),
+                None => self.idle_send(event).await,
+            };
+            if !sent {
+                break;
+            }
+        }
+        self.shared.disconnected();
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Sends one final event, unless every handle is gone first.
+    async fn idle_send(&mut self, event: Event) -> bool {
+        let send = self.events.send(event);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                biased;
+                sent = &mut send => return sent.is_ok(),
+                command = self.control.recv() => match command {
+                    Some(Control::Ping(reply)) => {
+                        let _ = reply.send(Err(ClientError::Closed));
+                    }
+                    Some(Control::Close(reply)) => {
+                        let _ = reply.send(());
+                    }
+                    None => return false,
+                },
+            }
+        }
+    }
+}
+
+/// Hands the oldest backlog event to the application, or drops the backlog if the
+/// application no longer listens.
+fn deliver(backlog: &mut VecDeque<Event>, permit: Option<mpsc::Permit<'_, Event>>) {
+    match (permit, backlog.pop_front()) {
+        (Some(permit), Some(event)) => permit.send(event),
+        _ => backlog.clear(),
+    }
+}
+
+/// Waits for the next heartbeat tick, or forever if heartbeats are off.
+async fn tick(heartbeat: &mut Option<Interval>) {
+    match heartbeat {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
