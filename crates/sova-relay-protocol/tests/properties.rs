@@ -1,5 +1,7 @@
 //! Property tests: every message round-trips, the broadcast splice matches the slow path.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is what we want
+
 use bytes::BytesMut;
 use proptest::prelude::*;
 use sova_relay_protocol::{

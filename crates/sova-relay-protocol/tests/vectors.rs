@@ -1,5 +1,7 @@
 //! Every hex vector of PROTOCOL.md, decoded and re-encoded byte for byte.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is what we want
+
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};

@@ -1,0 +1,363 @@
+//! One instance's connection: the handshake, then the reader loop that rate-limits and
+//! routes its messages. Writing is the outbox's writer task; this side never blocks on a
+//! peer.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sova_relay_protocol::{
+    decode_body, encode_frame, state_broadcast_frame, validate_instance_name, FrameCodec, Message,
+    ProtocolError, UpdateData, CAPABILITY_PONG, CAPABILITY_PRESENCE, HANDSHAKE_MAX_MESSAGE_SIZE,
+};
+use tokio::io::AsyncRead;
+use tokio::time::{interval_at, Interval};
+use tokio_util::codec::FramedRead;
+use tracing::{debug, info, warn};
+
+use crate::metrics;
+use crate::outbox::Outbox;
+use crate::reason::DisconnectReason;
+use crate::registry::{now_ms, NewMember, Registration};
+use crate::server::Shared;
+
+/// At most one rate-limit `Error` per this interval, so a flood is not answered by a flood.
+const RATE_ERROR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A stream of frame bodies from one peer, whatever the transport.
+pub(crate) trait Inbound:
+    Stream<Item = Result<Bytes, ProtocolError>> + Unpin + Send
+{
+    /// Raises (or lowers) the largest body accepted from now on.
+    fn set_max_message_size(&mut self, max: usize);
+    /// Whether part of a frame has arrived and is waiting for the rest.
+    fn has_partial_frame(&self) -> bool;
+}
+
+impl<R: AsyncRead + Unpin + Send> Inbound for FramedRead<R, FrameCodec> {
+    fn set_max_message_size(&mut self, max: usize) {
+        self.decoder_mut().set_max_len(max);
+    }
+
+    fn has_partial_frame(&self) -> bool {
+        !self.read_buffer().is_empty()
+    }
+}
+
+/// The frame limit before registration: small, unless the relay's own limit is smaller.
+pub(crate) fn handshake_limit(max_message_size: usize) -> usize {
+    max_message_size.min(HANDSHAKE_MAX_MESSAGE_SIZE)
+}
+
+/// Serves one connection until it ends; the writer task drains `outbox` meanwhile.
+pub(crate) async fn serve(shared: Arc<Shared>, outbox: Outbox, mut inbound: impl Inbound) {
+    let connection = Connection { shared, outbox };
+    let Some(registration) = connection.handshake(&mut inbound).await else {
+        connection.outbox.finish_with(None);
+        return;
+    };
+    inbound.set_max_message_size(connection.shared.config.max_message_size);
+    let reason = connection.relay(&mut inbound, &registration).await;
+    let member = &registration.member;
+    if reason.is_slow_consumer() {
+        warn!(instance = %member.name, id = %member.id, %reason,
+              pending_bytes = member.outbox.pending_bytes(),
+              "Instance '{}' disconnected: {reason}", member.name);
+    } else {
+        info!(instance = %member.name, id = %member.id, reason = reason.label(),
+              "Instance '{}' disconnected: {reason}", member.name);
+    }
+    metrics::disconnected(&reason);
+    drop(registration);
+    // After a kill the writer has already stopped and said what it could.
+    connection.outbox.finish_with(reason.farewell());
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    outbox: Outbox,
+}
+
+/// Per-connection state of the reader loop.
+struct Relaying<'a> {
+    registration: &'a Registration,
+    limiter: DefaultDirectRateLimiter,
+    last_rate_error: Option<Instant>,
+    pings: Option<Interval>,
+    missed_pongs: u32,
+}
+
+impl Connection {
+    async fn handshake(&self, inbound: &mut impl Inbound) -> Option<Registration> {
+        let config = &self.shared.config;
+        let first = tokio::select! {
+            _ = self.shared.shutdown.cancelled() => return None,
+            first = tokio::time::timeout(config.handshake_timeout, inbound.next()) => first,
+        };
+        let body = match first {
+            Err(_) if inbound.has_partial_frame() => {
+                warn!(
+                    "No complete RegisterInstance within {:?}",
+                    config.handshake_timeout
+                );
+                self.reject(
+                    "Handshake timeout: RegisterInstance not received",
+                    "timeout",
+                );
+                return None;
+            }
+            Err(_) => {
+                debug!(
+                    "Closed: nothing received within {:?}",
+                    config.handshake_timeout
+                );
+                return None;
+            }
+            Ok(None) => {
+                debug!("Closed by peer before registering");
+                return None;
+            }
+            Ok(Some(Err(ProtocolError::Io(err)))) => {
+                debug!(error = %err, "Read failed before registering");
+                return None;
+            }
+            Ok(Some(Err(err))) => {
+                warn!(error = %err, "Invalid frame before registering");
+                self.reject(&err.to_string(), "invalid_frame");
+                return None;
+            }
+            Ok(Some(Ok(body))) => body,
+        };
+        let Ok(Message::RegisterInstance {
+            instance_name,
+            version,
+            session_token,
+            capabilities,
+        }) = decode_body(body)
+        else {
+            warn!("First message was not a valid RegisterInstance");
+            self.reject("Expected RegisterInstance message", "not_register");
+            return None;
+        };
+        if version != config.sova_version {
+            info!(%instance_name, %version, "Rejected: version mismatch");
+            let text = format!(
+                "Version mismatch: expected {}, got {version}",
+                config.sova_version
+            );
+            self.reject(&text, "version_mismatch");
+            return None;
+        }
+        if let Err(text) = validate_instance_name(&instance_name) {
+            warn!(instance_name = %instance_name.escape_debug(), "Rejected: {text}");
+            self.reject(&text, "invalid_name");
+            return None;
+        }
+        let asked = capabilities.as_deref().unwrap_or_default();
+        let asked_for = |name: &str| asked.iter().any(|c| c == name);
+        let granted = capabilities.as_ref().map(|_| {
+            [CAPABILITY_PONG, CAPABILITY_PRESENCE]
+                .into_iter()
+                .filter(|c| asked_for(c))
+                .map(str::to_owned)
+                .collect()
+        });
+        let request = NewMember {
+            name: instance_name,
+            version,
+            session_token,
+            outbox: self.outbox.clone(),
+            presence: asked_for(CAPABILITY_PRESENCE),
+            pong: asked_for(CAPABILITY_PONG),
+            granted,
+        };
+        match self.shared.registry.register(request) {
+            Ok(registration) => {
+                let member = &registration.member;
+                info!(instance = %member.name, id = %member.id, session = %registration.session.label,
+                      "Instance '{}' registered with ID {}", member.name, member.id);
+                Some(registration)
+            }
+            Err(err) => {
+                info!("Rejected: {err}");
+                self.reject(&err.to_string(), err.label());
+                None
+            }
+        }
+    }
+
+    /// Refuses a registration: `Error` with `text`, then close.
+    fn reject(&self, text: &str, label: &'static str) {
+        metrics::registration_rejected(label);
+        self.outbox
+            .finish_with(Some(encode_frame(&Message::error(text))));
+    }
+
+    async fn relay(
+        &self,
+        inbound: &mut impl Inbound,
+        registration: &Registration,
+    ) -> DisconnectReason {
+        let config = &self.shared.config;
+        let rate = NonZeroU32::new(config.rate_limit).unwrap_or(NonZeroU32::MIN);
+        let pong_capable = registration.member.pong;
+        let mut state = Relaying {
+            registration,
+            limiter: RateLimiter::direct(Quota::per_minute(rate)),
+            last_rate_error: None,
+            pings: pong_capable.then(|| {
+                let first = tokio::time::Instant::now() + config.ping_interval;
+                interval_at(first, config.ping_interval)
+            }),
+            missed_pongs: 0,
+        };
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = self.outbox.killed() => {
+                    return self.outbox.kill_reason().unwrap_or(DisconnectReason::Shutdown);
+                }
+                _ = self.shared.shutdown.cancelled() => return DisconnectReason::Shutdown,
+                _ = next_tick(&mut state.pings) => {
+                    if state.missed_pongs >= config.max_missed_pongs {
+                        return DisconnectReason::PongTimeout { missed: state.missed_pongs };
+                    }
+                    state.missed_pongs += 1;
+                    self.send(&Message::Ping { timestamp: now_ms() });
+                    continue;
+                }
+                frame = inbound.next() => frame,
+            };
+            match frame {
+                None => return DisconnectReason::ClientClosed,
+                Some(Err(ProtocolError::Io(err))) => {
+                    return DisconnectReason::ReadFailed(err.kind())
+                }
+                Some(Err(err)) => {
+                    warn!(error = %err, "Invalid frame; closing");
+                    metrics::client_error(frame_error_kind(&err));
+                    return DisconnectReason::Protocol(err.to_string());
+                }
+                Some(Ok(body)) => self.handle(body, &mut state),
+            }
+        }
+    }
+
+    fn handle(&self, body: Bytes, state: &mut Relaying<'_>) {
+        let len = body.len();
+        let message = decode_body(body);
+        if let Ok(Message::Pong { .. }) = message {
+            state.missed_pongs = 0;
+            return;
+        }
+        if !self.within_rate_limit(state) {
+            return;
+        }
+        let member = &state.registration.member;
+        member.touch();
+        metrics::message_in(len);
+        match message {
+            Ok(Message::StateUpdate {
+                source_instance_id,
+                timestamp,
+                update_data,
+            }) => {
+                if source_instance_id == member.id {
+                    self.fan_out(state.registration, timestamp, &update_data);
+                } else {
+                    warn!(claimed = %source_instance_id, "StateUpdate with another instance's id dropped");
+                    self.send_error(
+                        "source_mismatch",
+                        format!("StateUpdate dropped: source_instance_id {source_instance_id} is not this instance's id {}", member.id),
+                    );
+                }
+            }
+            Ok(Message::Ping { timestamp }) => self.send(&Message::Pong { timestamp }),
+            Ok(Message::RegisterInstance { .. }) => {
+                self.send_error(
+                    "already_registered",
+                    format!("Already registered as '{}'", member.name),
+                );
+            }
+            Ok(other) => {
+                debug!(kind = other.kind(), "Unexpected message from an instance");
+                self.send_error(
+                    "unexpected",
+                    format!("Unexpected message: {}", other.kind()),
+                );
+            }
+            Err(err) => {
+                warn!(error = %err, "Invalid message");
+                self.send_error("invalid_message", err.to_string());
+            }
+        }
+    }
+
+    fn within_rate_limit(&self, state: &mut Relaying<'_>) -> bool {
+        if state.limiter.check().is_ok() {
+            return true;
+        }
+        metrics::rate_limited();
+        let due = state
+            .last_rate_error
+            .is_none_or(|at| at.elapsed() >= RATE_ERROR_INTERVAL);
+        if due {
+            state.last_rate_error = Some(Instant::now());
+            let name = &state.registration.member.name;
+            warn!(instance = %name, limit_per_minute = self.shared.config.rate_limit, "Rate limit exceeded");
+            self.send_error(
+                "rate_limited",
+                format!("Rate limit exceeded for instance {name}"),
+            );
+        }
+        false
+    }
+
+    /// Encodes the broadcast once; every other member's queue gets the same bytes.
+    fn fan_out(&self, registration: &Registration, timestamp: u64, update_data: &UpdateData) {
+        let started = Instant::now();
+        let source = &registration.member;
+        let frame = state_broadcast_frame(&source.name, timestamp, update_data);
+        let members = registration.session.members();
+        let delivered = members
+            .iter()
+            .filter(|m| m.id != source.id)
+            .filter(|m| m.outbox.deliver(frame.clone()))
+            .count();
+        debug!(
+            recipients = delivered,
+            bytes = frame.len(),
+            "Relayed update"
+        );
+        metrics::broadcast(delivered, frame.len(), started.elapsed());
+    }
+
+    fn send(&self, message: &Message) {
+        self.outbox.deliver(encode_frame(message));
+    }
+
+    fn send_error(&self, kind: &'static str, text: String) {
+        metrics::client_error(kind);
+        self.send(&Message::error(text));
+    }
+}
+
+fn frame_error_kind(err: &ProtocolError) -> &'static str {
+    match err {
+        ProtocolError::TooLarge { .. } => "oversize",
+        ProtocolError::ZeroLength => "zero_length",
+        _ => "invalid_frame",
+    }
+}
+
+async fn next_tick(pings: &mut Option<Interval>) {
+    match pings {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,94 @@
+//! `sova-relay`: the relay server binary.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sova_relay::{Config, Server};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(err) = init_logging(&config.log_level) {
+        eprintln!("sova-relay: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("sova-relay: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("sova-relay: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    info!("Starting Sova Relay Server v{}", env!("CARGO_PKG_VERSION"));
+    let addr = SocketAddr::new(config.host, config.port);
+    let server = Server::bind(addr, config)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    info!("Listening on {}", server.local_addr()?);
+    server.run(shutdown_signal()).await
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    let name = wait_for_signal().await;
+    info!("Received {name}; shutting down (send it again to exit at once)");
+    tokio::spawn(async {
+        let name = wait_for_signal().await;
+        warn!("Received {name} again; exiting now");
+        std::process::exit(130);
+    });
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        warn!("Cannot listen for signals; stop the relay by killing it");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl+C"
+}
+
+/// Logs to stderr; `RUST_LOG`, when set, wins over `--log-level`. No colours unless
+/// stderr is a terminal, so piped and journald logs stay clean.
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.trim().is_empty() => {
+            EnvFilter::try_new(&filter).with_context(|| format!("invalid RUST_LOG '{filter}'"))?
+        }
+        _ => EnvFilter::try_new(level).with_context(|| format!("invalid --log-level '{level}'"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The bounded queue of encoded frames in front of one instance, and the writer task that
+//! drains it. Producers never wait: a queue that is full marks its consumer as slow and it
+//! is disconnected, so one stalled instance cannot hold back anybody else.
+
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::reason::DisconnectReason;
+
+/// Frames written in one vectored write, at most.
+const MAX_BATCH: usize = 64;
+
+/// How long a best-effort farewell (`Error` before an abrupt close) may take.
+const FAREWELL_TIMEOUT: Duration = Duration::from_millis(250);
+
+enum Outgoing {
+    Frame(Bytes),
+    /// Write everything queued before this, then close the connection.
+    Finish,
+}
+
+/// A cheap-to-clone handle for queueing frames to one connection.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Bytes queued and not yet written; the bound that makes the queue bounded.
+    pending: AtomicUsize,
+    max_pending: usize,
+    /// Cancelled to stop the connection at once (slow consumer, write failure, hard stop).
+    killed: CancellationToken,
+    /// Why it was killed: the first reason wins.
+    reason: OnceLock<DisconnectReason>,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue is over its byte bound: the consumer is too slow.
+    Full,
+    /// The connection is closing.
+    Closed,
+}
+
+impl Outbox {
+    /// Creates a queue bounded to `max_pending` bytes; `stop` kills it when cancelled.
+    pub(crate) fn new(max_pending: usize, stop: &CancellationToken) -> (Self, Receiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            pending: AtomicUsize::new(0),
+            max_pending,
+            killed: stop.child_token(),
+            reason: OnceLock::new(),
+        });
+        let receiver = Receiver {
+            rx,
+            shared: shared.clone(),
+        };
+        (Self { tx, shared }, receiver)
+    }
+
+    /// Queues a frame unless that would exceed the byte bound.
+    pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        if self.shared.killed.is_cancelled() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.len();
+        let before = self.shared.pending.fetch_add(len, Ordering::Relaxed);
+        if before + len > self.shared.max_pending {
+            self.shared.pending.fetch_sub(len, Ordering::Relaxed);
+            return Err(PushError::Full);
+        }
+        self.tx
+            .send(Outgoing::Frame(frame))
+            .map_err(|_| PushError::Closed)
+    }
+
+    /// Queues a frame; a consumer too slow to take it is killed as a slow consumer.
+    /// Returns whether the frame was queued.
+    pub(crate) fn deliver(&self, frame: Bytes) -> bool {
+        match self.push(frame) {
+            Ok(()) => true,
+            Err(PushError::Full) => {
+                self.kill(DisconnectReason::SlowConsumer {
+                    max_pending: self.shared.max_pending,
+                });
+                false
+            }
+            Err(PushError::Closed) => false,
+        }
+    }
+
+    /// Queues a frame, then a graceful close: everything queued is written first.
+    pub(crate) fn finish_with(&self, frame: Option<Bytes>) {
+        if let Some(frame) = frame {
+            self.shared
+                .pending
+                .fetch_add(frame.len(), Ordering::Relaxed);
+            let _ = self.tx.send(Outgoing::Frame(frame));
+        }
+        let _ = self.tx.send(Outgoing::Finish);
+    }
+
+    /// Stops the connection at once; the first reason given is the one reported.
+    pub(crate) fn kill(&self, reason: DisconnectReason) {
+        let _ = self.shared.reason.set(reason);
+        self.shared.killed.cancel();
+    }
+
+    /// Resolves when the connection has been killed.
+    pub(crate) async fn killed(&self) {
+        self.shared.killed.cancelled().await;
+    }
+
+    /// Why the connection was killed, if it was.
+    pub(crate) fn kill_reason(&self) -> Option<DisconnectReason> {
+        self.shared.killed.is_cancelled().then(|| {
+            self.shared
+                .reason
+                .get()
+                .cloned()
+                .unwrap_or(DisconnectReason::Shutdown)
+        })
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.shared.pending.load(Ordering::Relaxed)
+    }
+}
+
+/// The consuming end, owned by the writer task.
+pub(crate) struct Receiver {
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    /// Drains the queue into `sink` until a graceful finish, a kill or a write failure.
+    /// A write that takes longer than `write_timeout` marks the consumer as slow.
+    pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
+        mut self,
+        mut sink: W,
+        write_timeout: Duration,
+    ) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let mut finishing = false;
+            tokio::select! {
+                biased;
+                _ = self.shared.killed.cancelled() => break,
+                item = self.rx.recv() => match item {
+                    Some(Outgoing::Frame(frame)) => batch.push(frame),
+                    Some(Outgoing::Finish) | None => finishing = true,
+                },
+            }
+            while !finishing && batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(Outgoing::Frame(frame)) => batch.push(frame),
+                    Ok(Outgoing::Finish) => finishing = true,
+                    Err(_) => break,
+                }
+            }
+            let written: usize = batch.iter().map(Bytes::len).sum();
+            let outcome = tokio::select! {
+                biased;
+                _ = self.shared.killed.cancelled() => return,
+                outcome = tokio::time::timeout(write_timeout, write_batch(&mut sink, &batch)) => outcome,
+            };
+            batch.clear();
+            match outcome {
+                Ok(Ok(())) => {
+                    self.shared.pending.fetch_sub(written, Ordering::Relaxed);
+                }
+                Ok(Err(err)) => return self.fail(DisconnectReason::WriteFailed(err.kind())),
+                Err(_) => return self.fail(DisconnectReason::WriteTimeout(write_timeout)),
+            }
+            if finishing {
+                let _ = tokio::time::timeout(write_timeout, sink.shutdown()).await;
+                return;
+            }
+        }
+        self.farewell(&mut sink).await;
+    }
+
+    fn fail(&self, reason: DisconnectReason) {
+        let _ = self.shared.reason.set(reason);
+        self.shared.killed.cancel();
+    }
+
+    /// Killed between two writes, so the stream is at a frame boundary: try to say why.
+    async fn farewell<W: AsyncWrite + Unpin>(&self, sink: &mut W) {
+        let Some(frame) = self
+            .shared
+            .reason
+            .get()
+            .and_then(DisconnectReason::farewell)
+        else {
+            return;
+        };
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+            sink.write_all(&frame).await?;
+            sink.shutdown().await
+        })
+        .await;
+    }
+}
+
+async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, frames: &[Bytes]) -> io::Result<()> {
+    if let [frame] = frames {
+        return sink.write_all(frame).await;
+    }
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|frame| IoSlice::new(frame)).collect();
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        let n = sink.write_vectored(remaining).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut remaining, n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_without_blocking() {
+        let stop = CancellationToken::new();
+        let (outbox, _receiver) = Outbox::new(10, &stop);
+        assert_eq!(outbox.push(Bytes::from_static(b"12345678")), Ok(()));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"123")),
+            Err(PushError::Full)
+        );
+        assert_eq!(outbox.pending_bytes(), 8);
+    }
+
+    #[tokio::test]
+    async fn the_writer_drains_in_order_then_finishes() {
+        let stop = CancellationToken::new();
+        let (outbox, receiver) = Outbox::new(1 << 20, &stop);
+        for i in 0..200u8 {
+            outbox.push(Bytes::from(vec![i; 3])).unwrap();
+        }
+        outbox.finish_with(Some(Bytes::from_static(b"end")));
+        let (client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(receiver.run_writer(client, Duration::from_secs(5)));
+        let mut received = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut server, &mut received)
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        let mut expected: Vec<u8> = (0..200u8).flat_map(|i| [i; 3]).collect();
+        expected.extend(b"end");
+        assert_eq!(received, expected);
+        assert_eq!(outbox.pending_bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_write_kills_the_connection_as_slow() {
+        let stop = CancellationToken::new();
+        let (outbox, receiver) = Outbox::new(1 << 20, &stop);
+        outbox.push(Bytes::from(vec![0; 1024])).unwrap();
+        let (client, _server_never_reads) = tokio::io::duplex(16);
+        receiver.run_writer(client, Duration::from_secs(10)).await;
+        assert!(matches!(
+            outbox.kill_reason(),
+            Some(DisconnectReason::WriteTimeout(_))
+        ));
+    }
+}

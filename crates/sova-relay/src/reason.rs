@@ -1,0 +1,85 @@
+//! Why a connection ended: one enum that labels logs and metrics alike.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sova_relay_protocol::{encode_frame, Message};
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DisconnectReason {
+    /// The peer closed its side.
+    ClientClosed,
+    /// Reading from the socket failed (reset, keepalive or user timeout expired, …).
+    ReadFailed(io::ErrorKind),
+    /// Writing to the socket failed.
+    WriteFailed(io::ErrorKind),
+    /// One write took longer than the write timeout: the peer is not reading.
+    WriteTimeout(Duration),
+    /// More than this many bytes were waiting for the peer.
+    SlowConsumer { max_pending: usize },
+    /// A `pong`-capable peer stopped answering pings.
+    PongTimeout { missed: u32 },
+    /// A framing error after which the byte stream cannot be trusted.
+    Protocol(String),
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+impl DisconnectReason {
+    /// Short, fixed label for metrics.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::ReadFailed(_) => "read_failed",
+            Self::WriteFailed(_) => "write_failed",
+            Self::WriteTimeout(_) => "write_timeout",
+            Self::SlowConsumer { .. } => "slow_consumer",
+            Self::PongTimeout { .. } => "pong_timeout",
+            Self::Protocol(_) => "protocol_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether the peer was dropped for not keeping up.
+    pub(crate) fn is_slow_consumer(&self) -> bool {
+        matches!(self, Self::WriteTimeout(_) | Self::SlowConsumer { .. })
+    }
+
+    /// The `Error` frame that tells the instance why it is being closed, if it is told.
+    pub(crate) fn farewell(&self) -> Option<Bytes> {
+        let text = match self {
+            Self::WriteTimeout(_) | Self::SlowConsumer { .. } | Self::PongTimeout { .. } => {
+                self.to_string()
+            }
+            Self::Protocol(text) => text.clone(),
+            Self::Shutdown => "Relay shutting down".to_owned(),
+            _ => return None,
+        };
+        Some(encode_frame(&Message::error(text)))
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientClosed => f.write_str("closed by the instance"),
+            Self::ReadFailed(kind) => write!(f, "read failed: {kind}"),
+            Self::WriteFailed(kind) => write!(f, "write failed: {kind}"),
+            Self::WriteTimeout(limit) => write!(
+                f,
+                "Slow consumer: a write took longer than {:.1}s",
+                limit.as_secs_f64()
+            ),
+            Self::SlowConsumer { max_pending } => write!(
+                f,
+                "Slow consumer: more than {max_pending} bytes waiting to be sent"
+            ),
+            Self::PongTimeout { missed } => write!(f, "Ping timeout: {missed} pings unanswered"),
+            Self::Protocol(text) => f.write_str(text),
+            Self::Shutdown => f.write_str("relay shutting down"),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the relay over real TCP on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, missing_docs)] // a test that unwraps fails loudly, as it should
+
+mod bad_input;
+mod limits;
+mod liveness;
+mod process;
+mod registration;
+mod relaying;
+mod shutdown;
+mod support;
