@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is what we want
 
 mod behaviour;
+mod relay;
 mod scripted;
+mod server;
 
 use std::time::Duration;
 
