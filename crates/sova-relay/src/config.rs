@@ -3,11 +3,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser};
 
 /// Everything the relay can be told at start-up. Every option also reads a `SOVA_*`
 /// environment variable; a command-line flag wins over the variable.
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(
     name = "sova-relay",
     version,
@@ -68,6 +69,21 @@ pub struct Config {
     #[arg(long, env = "SOVA_PING_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub ping_interval: Duration,
 
+    /// Serve the status page, health checks, metrics, JSON API and WebSocket on the same
+    /// port (`--http false` turns them off).
+    #[arg(long, env = "SOVA_HTTP", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub http: bool,
+
+    /// Bearer token for the admin API (kicking instances); without it admin routes are off.
+    #[arg(long, env = "SOVA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Show session tokens on the status page and API instead of short hashes.
+    #[arg(long, env = "SOVA_SHOW_SESSION_NAMES", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub show_session_names: bool,
+
     /// Unanswered pings after which a `pong`-capable instance is dropped.
     #[arg(long, env = "SOVA_MAX_MISSED_PONGS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -89,6 +105,21 @@ pub struct Config {
     /// (TCP_USER_TIMEOUT; Linux only).
     #[arg(long, env = "SOVA_TCP_USER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub tcp_user_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("max_instances", &self.max_instances)
+            .field("sova_version", &self.sova_version)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -166,6 +197,16 @@ mod tests {
         assert_eq!(config.max_pending_bytes, 8 << 20);
         assert_eq!(config.sova_version, "0.1.0");
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert!(config.http);
+        assert!(config.admin_token.is_none());
+    }
+
+    #[test]
+    fn boolean_flags_take_env_style_values() {
+        let config =
+            Config::try_parse_from(["sova-relay", "--http", "0", "--show-session-names"]).unwrap();
+        assert!(!config.http);
+        assert!(config.show_session_names);
     }
 
     #[test]

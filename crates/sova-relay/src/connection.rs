@@ -4,7 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -14,11 +14,10 @@ use sova_relay_protocol::{
     ProtocolError, UpdateData, CAPABILITY_PONG, CAPABILITY_PRESENCE, HANDSHAKE_MAX_MESSAGE_SIZE,
 };
 use tokio::io::AsyncRead;
-use tokio::time::{interval_at, Interval};
+use tokio::time::{interval_at, Instant, Interval};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
-use crate::metrics;
 use crate::outbox::Outbox;
 use crate::reason::DisconnectReason;
 use crate::registry::{now_ms, NewMember, Registration};
@@ -53,10 +52,20 @@ pub(crate) fn handshake_limit(max_message_size: usize) -> usize {
 }
 
 /// Serves one connection until it ends; the writer task drains `outbox` meanwhile.
-pub(crate) async fn serve(shared: Arc<Shared>, outbox: Outbox, mut inbound: impl Inbound) {
-    let connection = Connection { shared, outbox };
-    let Some(registration) = connection.handshake(&mut inbound).await else {
-        connection.outbox.finish_with(None);
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    outbox: Outbox,
+    transport: &'static str,
+    handshake_deadline: Instant,
+    mut inbound: impl Inbound,
+) {
+    let connection = Connection {
+        shared,
+        outbox,
+        transport,
+    };
+    let Some(registration) = connection.handshake(&mut inbound, handshake_deadline).await else {
+        connection.outbox.finish(None);
         return;
     };
     inbound.set_max_message_size(connection.shared.config.max_message_size);
@@ -70,15 +79,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, outbox: Outbox, mut inbound: impl
         info!(instance = %member.name, id = %member.id, reason = reason.label(),
               "Instance '{}' disconnected: {reason}", member.name);
     }
-    metrics::disconnected(&reason);
+    connection.shared.stats.disconnected(&reason);
     drop(registration);
     // After a kill the writer has already stopped and said what it could.
-    connection.outbox.finish_with(reason.farewell());
+    connection.outbox.finish(Some(reason));
 }
 
 struct Connection {
     shared: Arc<Shared>,
     outbox: Outbox,
+    /// `tcp` or `websocket`, shown on the status page.
+    transport: &'static str,
 }
 
 /// Per-connection state of the reader loop.
@@ -91,11 +102,15 @@ struct Relaying<'a> {
 }
 
 impl Connection {
-    async fn handshake(&self, inbound: &mut impl Inbound) -> Option<Registration> {
+    async fn handshake(
+        &self,
+        inbound: &mut impl Inbound,
+        deadline: Instant,
+    ) -> Option<Registration> {
         let config = &self.shared.config;
         let first = tokio::select! {
             _ = self.shared.shutdown.cancelled() => return None,
-            first = tokio::time::timeout(config.handshake_timeout, inbound.next()) => first,
+            first = tokio::time::timeout_at(deadline, inbound.next()) => first,
         };
         let body = match first {
             Err(_) if inbound.has_partial_frame() => {
@@ -172,6 +187,7 @@ impl Connection {
             outbox: self.outbox.clone(),
             presence: asked_for(CAPABILITY_PRESENCE),
             pong: asked_for(CAPABILITY_PONG),
+            transport: self.transport,
             granted,
         };
         match self.shared.registry.register(request) {
@@ -191,9 +207,9 @@ impl Connection {
 
     /// Refuses a registration: `Error` with `text`, then close.
     fn reject(&self, text: &str, label: &'static str) {
-        metrics::registration_rejected(label);
+        self.shared.stats.registration_rejected(label);
         self.outbox
-            .finish_with(Some(encode_frame(&Message::error(text))));
+            .finish(Some(DisconnectReason::Rejected(text.to_owned())));
     }
 
     async fn relay(
@@ -209,7 +225,7 @@ impl Connection {
             limiter: RateLimiter::direct(Quota::per_minute(rate)),
             last_rate_error: None,
             pings: pong_capable.then(|| {
-                let first = tokio::time::Instant::now() + config.ping_interval;
+                let first = Instant::now() + config.ping_interval;
                 interval_at(first, config.ping_interval)
             }),
             missed_pongs: 0,
@@ -217,9 +233,8 @@ impl Connection {
         loop {
             let frame = tokio::select! {
                 biased;
-                _ = self.outbox.killed() => {
-                    return self.outbox.kill_reason().unwrap_or(DisconnectReason::Shutdown);
-                }
+                _ = self.outbox.killed() => return self.outbox.reason(),
+                _ = self.outbox.close_requested() => return self.outbox.reason(),
                 _ = self.shared.shutdown.cancelled() => return DisconnectReason::Shutdown,
                 _ = next_tick(&mut state.pings) => {
                     if state.missed_pongs >= config.max_missed_pongs {
@@ -238,8 +253,13 @@ impl Connection {
                 }
                 Some(Err(err)) => {
                     warn!(error = %err, "Invalid frame; closing");
-                    metrics::client_error(frame_error_kind(&err));
-                    return DisconnectReason::Protocol(err.to_string());
+                    self.shared.stats.client_error(frame_error_kind(&err));
+                    return match err {
+                        ProtocolError::TooLarge { .. } => {
+                            DisconnectReason::TooLarge(err.to_string())
+                        }
+                        _ => DisconnectReason::Protocol(err.to_string()),
+                    };
                 }
                 Some(Ok(body)) => self.handle(body, &mut state),
             }
@@ -258,7 +278,7 @@ impl Connection {
         }
         let member = &state.registration.member;
         member.touch();
-        metrics::message_in(len);
+        self.shared.stats.message_in(len);
         match message {
             Ok(Message::StateUpdate {
                 source_instance_id,
@@ -300,7 +320,7 @@ impl Connection {
         if state.limiter.check().is_ok() {
             return true;
         }
-        metrics::rate_limited();
+        self.shared.stats.rate_limited();
         let due = state
             .last_rate_error
             .is_none_or(|at| at.elapsed() >= RATE_ERROR_INTERVAL);
@@ -332,7 +352,9 @@ impl Connection {
             bytes = frame.len(),
             "Relayed update"
         );
-        metrics::broadcast(delivered, frame.len(), started.elapsed());
+        self.shared
+            .stats
+            .broadcast(delivered, frame.len(), started.elapsed());
     }
 
     fn send(&self, message: &Message) {
@@ -340,7 +362,7 @@ impl Connection {
     }
 
     fn send_error(&self, kind: &'static str, text: String) {
-        metrics::client_error(kind);
+        self.shared.stats.client_error(kind);
         self.send(&Message::error(text));
     }
 }

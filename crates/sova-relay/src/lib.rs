@@ -12,11 +12,15 @@
 
 mod config;
 mod connection;
+mod http;
 mod metrics;
 mod outbox;
 mod reason;
 mod registry;
 mod server;
+mod status;
+mod transport;
+mod websocket;
 
 pub use config::{parse_duration, Config};
 pub use server::Server;

@@ -2,6 +2,7 @@
 //! drains it. Producers never wait: a queue that is full marks its consumer as slow and it
 //! is disconnected, so one stalled instance cannot hold back anybody else.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,8 +23,8 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_millis(250);
 
 enum Outgoing {
     Frame(Bytes),
-    /// Write everything queued before this, then close the connection.
-    Finish,
+    /// Write everything queued before this, say why, and close the connection.
+    Finish(Option<DisconnectReason>),
 }
 
 /// A cheap-to-clone handle for queueing frames to one connection.
@@ -39,7 +40,9 @@ struct Shared {
     max_pending: usize,
     /// Cancelled to stop the connection at once (slow consumer, write failure, hard stop).
     killed: CancellationToken,
-    /// Why it was killed: the first reason wins.
+    /// Cancelled to end the connection after its queue drains (kick).
+    close_requested: CancellationToken,
+    /// Why it was killed or closed: the first reason wins.
     reason: OnceLock<DisconnectReason>,
 }
 
@@ -60,6 +63,7 @@ impl Outbox {
             pending: AtomicUsize::new(0),
             max_pending,
             killed: stop.child_token(),
+            close_requested: CancellationToken::new(),
             reason: OnceLock::new(),
         });
         let receiver = Receiver {
@@ -100,15 +104,22 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame, then a graceful close: everything queued is written first.
-    pub(crate) fn finish_with(&self, frame: Option<Bytes>) {
-        if let Some(frame) = frame {
-            self.shared
-                .pending
-                .fetch_add(frame.len(), Ordering::Relaxed);
-            let _ = self.tx.send(Outgoing::Frame(frame));
-        }
-        let _ = self.tx.send(Outgoing::Finish);
+    /// Closes gracefully: everything queued is written, then the instance is told why
+    /// (when `reason` has something to say), then the connection closes.
+    pub(crate) fn finish(&self, reason: Option<DisconnectReason>) {
+        let _ = self.tx.send(Outgoing::Finish(reason));
+    }
+
+    /// Asks the connection's reader to end for `reason`, letting the queue drain first
+    /// (an operator's kick). The first reason given wins.
+    pub(crate) fn request_close(&self, reason: DisconnectReason) {
+        let _ = self.shared.reason.set(reason);
+        self.shared.close_requested.cancel();
+    }
+
+    /// Resolves when a graceful close has been requested.
+    pub(crate) async fn close_requested(&self) {
+        self.shared.close_requested.cancelled().await;
     }
 
     /// Stops the connection at once; the first reason given is the one reported.
@@ -122,15 +133,13 @@ impl Outbox {
         self.shared.killed.cancelled().await;
     }
 
-    /// Why the connection was killed, if it was.
-    pub(crate) fn kill_reason(&self) -> Option<DisconnectReason> {
-        self.shared.killed.is_cancelled().then(|| {
-            self.shared
-                .reason
-                .get()
-                .cloned()
-                .unwrap_or(DisconnectReason::Shutdown)
-        })
+    /// Why the connection was killed or asked to close.
+    pub(crate) fn reason(&self) -> DisconnectReason {
+        self.shared
+            .reason
+            .get()
+            .cloned()
+            .unwrap_or(DisconnectReason::Shutdown)
     }
 
     /// Bytes queued and not yet written.
@@ -148,34 +157,34 @@ pub(crate) struct Receiver {
 impl Receiver {
     /// Drains the queue into `sink` until a graceful finish, a kill or a write failure.
     /// A write that takes longer than `write_timeout` marks the consumer as slow.
-    pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
-        mut self,
-        mut sink: W,
-        write_timeout: Duration,
-    ) {
+    pub(crate) async fn run_writer(mut self, mut sink: impl FrameSink, write_timeout: Duration) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let mut finishing = false;
+            let mut finish = None;
             tokio::select! {
                 biased;
                 _ = self.shared.killed.cancelled() => break,
                 item = self.rx.recv() => match item {
                     Some(Outgoing::Frame(frame)) => batch.push(frame),
-                    Some(Outgoing::Finish) | None => finishing = true,
+                    Some(Outgoing::Finish(reason)) => finish = Some(reason),
+                    None => finish = Some(None),
                 },
             }
-            while !finishing && batch.len() < MAX_BATCH {
+            while finish.is_none() && batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
                     Ok(Outgoing::Frame(frame)) => batch.push(frame),
-                    Ok(Outgoing::Finish) => finishing = true,
+                    Ok(Outgoing::Finish(reason)) => finish = Some(reason),
                     Err(_) => break,
                 }
+            }
+            if let Some(frame) = finish.as_ref().and_then(|r| r.as_ref()?.farewell()) {
+                batch.push(frame);
             }
             let written: usize = batch.iter().map(Bytes::len).sum();
             let outcome = tokio::select! {
                 biased;
                 _ = self.shared.killed.cancelled() => return,
-                outcome = tokio::time::timeout(write_timeout, write_batch(&mut sink, &batch)) => outcome,
+                outcome = tokio::time::timeout(write_timeout, sink.write_frames(&batch)) => outcome,
             };
             batch.clear();
             match outcome {
@@ -185,8 +194,8 @@ impl Receiver {
                 Ok(Err(err)) => return self.fail(DisconnectReason::WriteFailed(err.kind())),
                 Err(_) => return self.fail(DisconnectReason::WriteTimeout(write_timeout)),
             }
-            if finishing {
-                let _ = tokio::time::timeout(write_timeout, sink.shutdown()).await;
+            if let Some(reason) = finish {
+                let _ = tokio::time::timeout(write_timeout, sink.close(reason.as_ref())).await;
                 return;
             }
         }
@@ -199,37 +208,50 @@ impl Receiver {
     }
 
     /// Killed between two writes, so the stream is at a frame boundary: try to say why.
-    async fn farewell<W: AsyncWrite + Unpin>(&self, sink: &mut W) {
-        let Some(frame) = self
-            .shared
-            .reason
-            .get()
-            .and_then(DisconnectReason::farewell)
-        else {
-            return;
-        };
+    async fn farewell(&self, sink: &mut impl FrameSink) {
+        let reason = self.shared.reason.get();
         let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
-            sink.write_all(&frame).await?;
-            sink.shutdown().await
+            if let Some(frame) = reason.and_then(DisconnectReason::farewell) {
+                sink.write_frames(&[frame]).await?;
+            }
+            sink.close(reason).await;
+            Ok::<_, io::Error>(())
         })
         .await;
     }
 }
 
-async fn write_batch<W: AsyncWrite + Unpin>(sink: &mut W, frames: &[Bytes]) -> io::Result<()> {
-    if let [frame] = frames {
-        return sink.write_all(frame).await;
-    }
-    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|frame| IoSlice::new(frame)).collect();
-    let mut remaining = &mut slices[..];
-    while !remaining.is_empty() {
-        let n = sink.write_vectored(remaining).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+/// Where a connection's frames go: a byte stream, or WebSocket messages.
+pub(crate) trait FrameSink: Send {
+    /// Writes whole frames (length prefix included), in order.
+    fn write_frames(&mut self, frames: &[Bytes]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the connection; `reason` says why where the transport can carry it.
+    fn close(&mut self, reason: Option<&DisconnectReason>) -> impl Future<Output = ()> + Send;
+}
+
+/// A byte stream carries frames as they are.
+pub(crate) struct StreamSink<W>(pub(crate) W);
+
+impl<W: AsyncWrite + Unpin + Send> FrameSink for StreamSink<W> {
+    async fn write_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        if let [frame] = frames {
+            return self.0.write_all(frame).await;
         }
-        IoSlice::advance_slices(&mut remaining, n);
+        let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+        let mut remaining = &mut slices[..];
+        while !remaining.is_empty() {
+            let n = self.0.write_vectored(remaining).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut remaining, n);
+        }
+        Ok(())
     }
-    Ok(())
+
+    async fn close(&mut self, _reason: Option<&DisconnectReason>) {
+        let _ = self.0.shutdown().await;
+    }
 }
 
 #[cfg(test)]
@@ -255,16 +277,15 @@ mod tests {
         for i in 0..200u8 {
             outbox.push(Bytes::from(vec![i; 3])).unwrap();
         }
-        outbox.finish_with(Some(Bytes::from_static(b"end")));
+        outbox.finish(None);
         let (client, mut server) = tokio::io::duplex(64);
-        let writer = tokio::spawn(receiver.run_writer(client, Duration::from_secs(5)));
+        let writer = tokio::spawn(receiver.run_writer(StreamSink(client), Duration::from_secs(5)));
         let mut received = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut server, &mut received)
             .await
             .unwrap();
         writer.await.unwrap();
-        let mut expected: Vec<u8> = (0..200u8).flat_map(|i| [i; 3]).collect();
-        expected.extend(b"end");
+        let expected: Vec<u8> = (0..200u8).flat_map(|i| [i; 3]).collect();
         assert_eq!(received, expected);
         assert_eq!(outbox.pending_bytes(), 0);
     }
@@ -275,10 +296,9 @@ mod tests {
         let (outbox, receiver) = Outbox::new(1 << 20, &stop);
         outbox.push(Bytes::from(vec![0; 1024])).unwrap();
         let (client, _server_never_reads) = tokio::io::duplex(16);
-        receiver.run_writer(client, Duration::from_secs(10)).await;
-        assert!(matches!(
-            outbox.kill_reason(),
-            Some(DisconnectReason::WriteTimeout(_))
-        ));
+        receiver
+            .run_writer(StreamSink(client), Duration::from_secs(10))
+            .await;
+        assert!(matches!(outbox.reason(), DisconnectReason::WriteTimeout(_)));
     }
 }

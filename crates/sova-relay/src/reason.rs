@@ -22,8 +22,14 @@ pub(crate) enum DisconnectReason {
     SlowConsumer { max_pending: usize },
     /// A `pong`-capable peer stopped answering pings.
     PongTimeout { missed: u32 },
-    /// A framing error after which the byte stream cannot be trusted.
+    /// A message over the size limit; the stream cannot be resynchronised after it.
+    TooLarge(String),
+    /// A framing error after which the stream cannot be trusted.
     Protocol(String),
+    /// Registration refused; the text is the protocol's.
+    Rejected(String),
+    /// An operator removed the instance.
+    Kicked,
     /// The relay is shutting down.
     Shutdown,
 }
@@ -38,7 +44,10 @@ impl DisconnectReason {
             Self::WriteTimeout(_) => "write_timeout",
             Self::SlowConsumer { .. } => "slow_consumer",
             Self::PongTimeout { .. } => "pong_timeout",
+            Self::TooLarge(_) => "too_large",
             Self::Protocol(_) => "protocol_error",
+            Self::Rejected(_) => "rejected",
+            Self::Kicked => "kicked",
             Self::Shutdown => "shutdown",
         }
     }
@@ -54,11 +63,29 @@ impl DisconnectReason {
             Self::WriteTimeout(_) | Self::SlowConsumer { .. } | Self::PongTimeout { .. } => {
                 self.to_string()
             }
-            Self::Protocol(text) => text.clone(),
+            Self::TooLarge(text) | Self::Protocol(text) | Self::Rejected(text) => text.clone(),
             Self::Shutdown => "Relay shutting down".to_owned(),
+            Self::Kicked => "Kicked by operator".to_owned(),
             _ => return None,
         };
         Some(encode_frame(&Message::error(text)))
+    }
+}
+
+impl DisconnectReason {
+    /// The WebSocket close code that fits (RFC 6455, section 7.4.1).
+    pub(crate) fn close_code(&self) -> u16 {
+        match self {
+            Self::Shutdown => 1001,
+            Self::TooLarge(_) => 1009,
+            Self::Protocol(_) => 1002,
+            Self::Rejected(_)
+            | Self::Kicked
+            | Self::SlowConsumer { .. }
+            | Self::WriteTimeout(_)
+            | Self::PongTimeout { .. } => 1008,
+            Self::ClientClosed | Self::ReadFailed(_) | Self::WriteFailed(_) => 1000,
+        }
     }
 }
 
@@ -78,7 +105,8 @@ impl fmt::Display for DisconnectReason {
                 "Slow consumer: more than {max_pending} bytes waiting to be sent"
             ),
             Self::PongTimeout { missed } => write!(f, "Ping timeout: {missed} pings unanswered"),
-            Self::Protocol(text) => f.write_str(text),
+            Self::TooLarge(text) | Self::Protocol(text) | Self::Rejected(text) => f.write_str(text),
+            Self::Kicked => f.write_str("Kicked by operator"),
             Self::Shutdown => f.write_str("relay shutting down"),
         }
     }

@@ -29,9 +29,11 @@ pub(crate) struct Member {
     last_activity_ms: AtomicU64,
     pub(crate) outbox: Outbox,
     /// Whether it asked for `InstanceConnected` notices.
-    presence: bool,
+    pub(crate) presence: bool,
     /// Whether it answers the relay's pings, so its liveness can be judged by pongs.
     pub(crate) pong: bool,
+    /// `tcp` or `websocket`.
+    pub(crate) transport: &'static str,
 }
 
 impl Member {
@@ -40,14 +42,18 @@ impl Member {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// When the last message arrived from this instance (registration counts).
+    pub(crate) fn last_activity(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+
     fn info(&self) -> InstanceInfo {
-        let last_ms = self.last_activity_ms.load(Ordering::Relaxed);
         InstanceInfo {
             id: self.id,
             name: self.name.clone(),
             version: self.version.clone(),
             connected_at: self.connected_at,
-            last_activity: UNIX_EPOCH + Duration::from_millis(last_ms),
+            last_activity: self.last_activity(),
         }
     }
 }
@@ -66,6 +72,15 @@ impl Session {
     }
 }
 
+/// A session as the status page and API see it.
+pub(crate) struct SessionView {
+    /// The token, shown only with `--show-session-names`.
+    pub(crate) token: Option<String>,
+    /// Short hash of the token, or `default`.
+    pub(crate) label: String,
+    pub(crate) members: Arc<[Arc<Member>]>,
+}
+
 /// What a connection asks for when it registers.
 pub(crate) struct NewMember {
     pub(crate) name: String,
@@ -74,6 +89,7 @@ pub(crate) struct NewMember {
     pub(crate) outbox: Outbox,
     pub(crate) presence: bool,
     pub(crate) pong: bool,
+    pub(crate) transport: &'static str,
     /// Capabilities to list in the response; `None` when the client asked for none.
     pub(crate) granted: Option<Vec<String>>,
 }
@@ -153,6 +169,7 @@ impl Registry {
             outbox: new.outbox,
             presence: new.presence,
             pong: new.pong,
+            transport: new.transport,
         });
         let response = Message::RegistrationResponse {
             success: true,
@@ -215,6 +232,29 @@ impl Registry {
         if empty {
             state.sessions.remove(token);
         }
+    }
+
+    /// Every session with its members, for the status page and the API.
+    pub(crate) fn sessions(&self) -> Vec<SessionView> {
+        let state = lock(&self.state);
+        state
+            .sessions
+            .iter()
+            .map(|(token, session)| SessionView {
+                token: token.clone(),
+                label: session.label.clone(),
+                members: session.members(),
+            })
+            .collect()
+    }
+
+    /// The registered instance with this id, if any.
+    pub(crate) fn find(&self, id: Uuid) -> Option<Arc<Member>> {
+        let state = lock(&self.state);
+        state
+            .sessions
+            .values()
+            .find_map(|session| session.members().iter().find(|m| m.id == id).cloned())
     }
 
     /// Number of registered instances, across sessions.

@@ -1,40 +1,41 @@
-//! The accept loop, per-connection set-up, and the shutdown order.
+//! The accept loop, the shared state of a relay, and the shutdown order.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use socket2::{SockRef, TcpKeepalive};
-use sova_relay_protocol::FrameCodec;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
-use crate::connection::{self, handshake_limit};
-use crate::metrics;
-use crate::outbox::Outbox;
+use crate::metrics::{self, Stats};
 use crate::registry::Registry;
-use crate::Config;
+use crate::{http, transport, Config};
 
 /// First pause after a failed `accept()`; doubles up to [`MAX_ACCEPT_BACKOFF`].
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How often the Prometheus recorder drains histogram samples.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// State every connection task shares.
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) registry: Arc<Registry>,
+    pub(crate) stats: Stats,
+    pub(crate) started_at: SystemTime,
+    pub(crate) started: Instant,
     /// Cancelled when shutdown starts: connections say goodbye and close.
     pub(crate) shutdown: CancellationToken,
     /// Cancelled when the shutdown deadline passes: writers stop at once.
-    hard_stop: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
     /// Every connection and writer task, so shutdown can wait for them.
-    tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     next_connection_id: AtomicU64,
 }
 
@@ -51,6 +52,9 @@ impl Server {
         let shared = Arc::new(Shared {
             registry: Arc::new(Registry::new(config.max_instances)),
             config,
+            stats: Stats::default(),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -68,6 +72,8 @@ impl Server {
     /// instance, flushes, and returns within the configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Server { listener, shared } = self;
+        let router = shared.config.http.then(|| http::router(shared.clone()));
+        spawn_metrics_upkeep(&shared);
         tokio::pin!(shutdown);
         let mut backoff = MIN_ACCEPT_BACKOFF;
         loop {
@@ -76,7 +82,7 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         backoff = MIN_ACCEPT_BACKOFF;
-                        accept(&shared, stream, peer);
+                        spawn_connection(&shared, &router, stream, peer);
                     }
                     Err(err) => {
                         metrics::accept_failed();
@@ -96,11 +102,36 @@ impl Server {
     }
 }
 
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    router: &Option<axum::Router>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("conn", id, %peer);
+    let task = transport::serve(shared.clone(), router.clone(), stream, peer);
+    shared.tracker.spawn(task.instrument(span));
+}
+
+fn spawn_metrics_upkeep(shared: &Arc<Shared>) {
+    let handle = metrics::prometheus();
+    let stop = shared.shutdown.clone();
+    shared.tracker.spawn(async move {
+        let mut upkeep = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = upkeep.tick() => handle.run_upkeep(),
+            }
+        }
+    });
+}
+
 /// Stops every connection: a goodbye to each instance, then a bounded wait.
 async fn drain(shared: &Shared) {
-    let connections = shared.tracker.len();
     info!(
-        connections,
+        connections = Stats::get(&shared.stats.open_connections),
         instances = shared.registry.instance_count(),
         "Shutting down: telling instances, waiting up to {:?}",
         shared.config.shutdown_timeout
@@ -119,48 +150,4 @@ async fn drain(shared: &Shared) {
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait()).await;
     }
     info!("Relay stopped");
-}
-
-fn accept(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("conn", id, %peer);
-    let _entered = span.enter();
-    info!("New connection from {peer}");
-    metrics::connection_opened("tcp");
-    configure_socket(&stream, &shared.config);
-    let (reader, writer) = stream.into_split();
-    let (outbox, receiver) = Outbox::new(shared.config.max_pending_bytes, &shared.hard_stop);
-    let inbound = FramedRead::new(
-        reader,
-        FrameCodec::new(handshake_limit(shared.config.max_message_size)),
-    );
-    shared.tracker.spawn(
-        receiver
-            .run_writer(writer, shared.config.write_timeout)
-            .instrument(span.clone()),
-    );
-    shared
-        .tracker
-        .spawn(connection::serve(shared.clone(), outbox, inbound).instrument(span.clone()));
-}
-
-/// No Nagle delay (a musician's edit must not wait for an ACK), and dead peers found by
-/// the kernel: keepalive probes on idle links, a bound on unacknowledged data otherwise.
-/// Silence alone never ends a connection.
-fn configure_socket(stream: &TcpStream, config: &Config) {
-    if let Err(err) = stream.set_nodelay(true) {
-        debug!(error = %err, "Could not set TCP_NODELAY");
-    }
-    let socket = SockRef::from(stream);
-    let keepalive = TcpKeepalive::new()
-        .with_time(config.tcp_keepalive)
-        .with_interval(config.tcp_keepalive_interval)
-        .with_retries(config.tcp_keepalive_retries);
-    if let Err(err) = socket.set_tcp_keepalive(&keepalive) {
-        debug!(error = %err, "Could not enable TCP keepalive");
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(err) = socket.set_tcp_user_timeout(Some(config.tcp_user_timeout)) {
-        debug!(error = %err, "Could not set TCP_USER_TIMEOUT");
-    }
 }

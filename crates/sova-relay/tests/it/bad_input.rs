@@ -101,12 +101,14 @@ async fn garbage_before_registration_gets_an_error_and_a_close() {
 }
 
 #[tokio::test]
-async fn http_and_tls_bytes_on_the_frame_port_do_not_disturb_anyone() {
-    let relay = TestServer::start().await;
+async fn bytes_of_other_protocols_do_not_disturb_anyone() {
+    let relay = TestServer::with(|c| c.http = false).await;
     let mut jam = Bystanders::join(&relay).await;
+    let tls_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
     for bytes in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01],
+        &tls_hello,
+        b"SSH-2.0-OpenSSH\r\n",
     ] {
         let mut bad = TestClient::connect(relay.addr).await;
         bad.send_raw(bytes).await;

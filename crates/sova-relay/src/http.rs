@@ -1,0 +1,148 @@
+//! HTTP on the relay's port: status page, health checks, Prometheus metrics, the JSON API,
+//! the admin API, and the WebSocket transport.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::reason::DisconnectReason;
+use crate::server::Shared;
+use crate::{status, websocket};
+
+/// Largest request head (request line and headers) accepted, in bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most headers accepted in one request.
+const MAX_HEADERS: usize = 64;
+
+/// Every route of the relay's HTTP surface.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(status::page))
+        .route("/status.js", get(status::script))
+        .route("/status.css", get(status::stylesheet))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(status::api_status))
+        .route("/api/sessions", get(status::api_sessions))
+        .route("/api/instances", get(status::api_instances))
+        .route("/api/instances/{id}", delete(kick))
+        .route("/ws", get(websocket::upgrade))
+        .with_state(shared)
+}
+
+/// Serves HTTP/1.1 on one connection, with bounded headers and a header-read timeout
+/// (slow clients cannot hold the connection open by trickling a request).
+pub(crate) async fn serve(shared: Arc<Shared>, router: Router, stream: TcpStream) {
+    debug!("New HTTP connection");
+    let _open = shared.stats.connection_opened("http");
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.handshake_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+        .with_upgrades();
+    tokio::pin!(connection);
+    let outcome = tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        _ = shared.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = outcome {
+        debug!(error = %err, "HTTP connection ended with an error");
+    }
+}
+
+/// 200 while the relay serves; 503 once it is shutting down.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// 200 while the relay can take a new instance; 503 while shutting down or full.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if shared.registry.instance_count() >= shared.config.max_instances {
+        return (StatusCode::SERVICE_UNAVAILABLE, "full\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// Prometheus text exposition.
+async fn metrics() -> Response {
+    let body = crate::metrics::prometheus().render();
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `DELETE /api/instances/{id}`: the instance is told `Kicked by operator` and closed; its
+/// session hears `InstanceDisconnected`. Needs `Authorization: Bearer <admin token>`.
+async fn kick(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(admin_token) = shared.config.admin_token.as_deref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !bearer_matches(&headers, admin_token) {
+        warn!("Admin request refused: missing or wrong bearer token");
+        let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
+        return (
+            StatusCode::UNAUTHORIZED,
+            challenge,
+            error_json("admin token required"),
+        )
+            .into_response();
+    }
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return (StatusCode::BAD_REQUEST, error_json("not an instance id")).into_response();
+    };
+    let Some(member) = shared.registry.find(id) else {
+        return (StatusCode::NOT_FOUND, error_json("no such instance")).into_response();
+    };
+    info!(instance = %member.name, %id, "Instance '{}' kicked by operator", member.name);
+    member.outbox.request_close(DisconnectReason::Kicked);
+    Json(json!({ "kicked": { "id": id, "name": member.name } })).into_response()
+}
+
+/// Compares the bearer token in constant time (over digests, so length leaks nothing).
+fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = Sha256::digest(given.trim().as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    given.ct_eq(&expected).into()
+}
+
+fn error_json(message: &str) -> Json<serde_json::Value> {
+    Json(json!({ "error": message }))
+}
