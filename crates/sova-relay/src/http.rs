@@ -146,3 +146,47 @@ fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
 fn error_json(message: &str) -> Json<serde_json::Value> {
     Json(json!({ "error": message }))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::Config;
+
+    async fn status_of(shared: Arc<Shared>, path: &str) -> StatusCode {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        router(shared).oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness_fail_once_shutdown_starts() {
+        let shared = Shared::new(Config::default());
+        assert_eq!(status_of(shared.clone(), "/readyz").await, StatusCode::OK);
+        shared.shutdown.cancel();
+        for path in ["/readyz", "/healthz"] {
+            assert_eq!(
+                status_of(shared.clone(), path).await,
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_must_match_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(!bearer_matches(&headers, "token"));
+        for (value, ok) in [
+            ("Bearer token", true),
+            ("Bearer token2", false),
+            ("Bearer tok", false),
+            ("Basic token", false),
+            ("token", false),
+        ] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer_matches(&headers, "token"), ok, "{value}");
+        }
+    }
+}

@@ -39,6 +39,22 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU64,
 }
 
+impl Shared {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
+        Arc::new(Shared {
+            registry: Arc::new(Registry::new(config.max_instances)),
+            config,
+            stats: Stats::default(),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            next_connection_id: AtomicU64::new(1),
+        })
+    }
+}
+
 /// A bound relay, ready to run.
 pub struct Server {
     listener: TcpListener,
@@ -49,18 +65,10 @@ impl Server {
     /// Binds the listening socket; nothing is accepted until [`Server::run`].
     pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
-        let shared = Arc::new(Shared {
-            registry: Arc::new(Registry::new(config.max_instances)),
-            config,
-            stats: Stats::default(),
-            started_at: SystemTime::now(),
-            started: Instant::now(),
-            shutdown: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            next_connection_id: AtomicU64::new(1),
-        });
-        Ok(Server { listener, shared })
+        Ok(Server {
+            listener,
+            shared: Shared::new(config),
+        })
     }
 
     /// The address actually bound (useful with port 0).

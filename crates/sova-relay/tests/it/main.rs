@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, missing_docs)] // a test that unwraps fails loudly, as it should
 
 mod bad_input;
+mod http;
 mod limits;
 mod liveness;
 mod process;
@@ -10,3 +11,4 @@ mod registration;
 mod relaying;
 mod shutdown;
 mod support;
+mod websocket;
