@@ -35,45 +35,66 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     info!("Starting Sova Relay Server v{}", env!("CARGO_PKG_VERSION"));
+    // Handlers go in before anything is announced, so a signal sent as soon as the relay
+    // says it listens is never met by the default action (death without goodbyes).
+    let signals = Signals::install().context("cannot listen for SIGINT/SIGTERM")?;
     let addr = SocketAddr::new(config.host, config.port);
     let server = Server::bind(addr, config)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     info!("Listening on {}", server.local_addr()?);
-    server.run(shutdown_signal()).await
+    server.run(signals.shutdown()).await
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
-    let name = wait_for_signal().await;
-    info!("Received {name}; shutting down (send it again to exit at once)");
-    tokio::spawn(async {
-        let name = wait_for_signal().await;
-        warn!("Received {name} again; exiting now");
-        std::process::exit(130);
-    });
+/// SIGINT and SIGTERM (Ctrl+C, and what Docker and systemd send).
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        warn!("Cannot listen for signals; stop the relay by killing it");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+
+    /// Resolves on the first signal; a second one exits at once.
+    async fn shutdown(mut self) {
+        let name = self.next().await;
+        info!("Received {name}; shutting down (send it again to exit at once)");
+        tokio::spawn(async move {
+            let name = self.next().await;
+            warn!("Received {name} again; exiting now");
+            std::process::exit(130);
+        });
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "Ctrl+C"
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Signals)
+    }
+
+    async fn shutdown(self) {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("Received Ctrl+C; shutting down");
+    }
 }
 
 /// Logs to stderr; `RUST_LOG`, when set, wins over `--log-level`. No colours unless
