@@ -12,6 +12,8 @@
 
 mod config;
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod metrics;
 mod outbox;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use socket2::{SockRef, TcpKeepalive};
 use sova_relay_protocol::FrameCodec;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -47,8 +48,18 @@ pub(crate) async fn serve(
 /// The raw protocol: length-prefixed MessagePack frames.
 async fn serve_framed(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, deadline: Instant) {
     info!("New connection from {peer}");
-    let _open = shared.stats.connection_opened("tcp");
     let (reader, writer) = stream.into_split();
+    serve_framed_halves(shared, reader, writer, deadline).await;
+}
+
+/// The raw protocol over any pair of byte-stream halves.
+pub(crate) async fn serve_framed_halves(
+    shared: Arc<Shared>,
+    reader: impl AsyncRead + Send + Unpin + 'static,
+    writer: impl AsyncWrite + Send + Unpin + 'static,
+    deadline: Instant,
+) {
+    let _open = shared.stats.connection_opened("tcp");
     let (outbox, receiver) = Outbox::new(shared.config.max_pending_bytes, &shared.hard_stop);
     shared.tracker.spawn(
         receiver

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, missing_docs)] // a test that unwraps fails loudly, as it should
 
 mod bad_input;
+mod browser;
+mod harness;
 mod http;
 mod limits;
 mod liveness;
