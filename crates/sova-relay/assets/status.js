@@ -46,7 +46,10 @@ function renderStatus(status) {
 function renderSessions(sessions) {
   const list = document.getElementById("session-list");
   const nodes = [];
-  for (const session of sessions) {
+  // The default session first, then the others in the relay's order.
+  const ordered = [...sessions].sort((a, b) =>
+    (b.session === "default") - (a.session === "default"));
+  for (const session of ordered) {
     const box = element("article", undefined, "session");
     const title = session.token !== undefined
       ? (session.token === "" ? "default session" : "session “" + session.token + "”")
