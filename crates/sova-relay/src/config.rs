@@ -1,10 +1,12 @@
 //! Command-line and environment configuration, with the defaults in one place.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
+use ipnet::IpNet;
 
 /// Everything the relay can be told at start-up. Every option also reads a `SOVA_*`
 /// environment variable; a command-line flag wins over the variable.
@@ -83,6 +85,73 @@ pub struct Config {
     #[arg(long, env = "SOVA_SHOW_SESSION_NAMES", default_value_t = false, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub show_session_names: bool,
+
+    /// TLS certificate chain (PEM). With --tls-key, TLS is served on the same port
+    /// (first byte 0x16); reloaded on SIGHUP.
+    #[arg(long, env = "SOVA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SOVA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Refuse instances that connect without TLS (plaintext status page and health checks
+    /// stay available).
+    #[arg(long, env = "SOVA_TLS_REQUIRED", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(),
+          requires = "tls_cert")]
+    pub tls_required: bool,
+
+    /// Allowed session tokens, one per line, optionally followed by a role (`performer`,
+    /// the default, or `listener`); `#` starts a comment. When set, a registration without a
+    /// listed token is refused. Reloaded on SIGHUP.
+    #[arg(long, env = "SOVA_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Only accept connections from these networks (repeatable, or comma-separated in the
+    /// environment), e.g. 192.0.2.0/24, 2001:db8::/32.
+    #[arg(
+        long = "allow",
+        env = "SOVA_ALLOW",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub allow: Vec<IpNet>,
+
+    /// Refuse connections from these networks (repeatable; wins over --allow).
+    #[arg(
+        long = "deny",
+        env = "SOVA_DENY",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub deny: Vec<IpNet>,
+
+    /// Open connections at most, all clients together (checked at accept).
+    #[arg(long, env = "SOVA_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Open connections at most from one IP address (0: no limit).
+    #[arg(long, env = "SOVA_MAX_CONNECTIONS_PER_IP", default_value_t = 16)]
+    pub max_connections_per_ip: usize,
+
+    /// New connections per minute from one IP address (a burst of this many; 0: no limit).
+    #[arg(long, env = "SOVA_CONNECTION_RATE_PER_IP", default_value_t = 120)]
+    pub connection_rate_per_ip: u32,
+
+    /// Failed registrations (bad token or version) from one IP before it is locked out
+    /// (0: never).
+    #[arg(long, env = "SOVA_MAX_FAILED_REGISTRATIONS", default_value_t = 10)]
+    pub max_failed_registrations: u32,
+
+    /// How long an IP stays locked out; failures older than this are forgotten.
+    #[arg(long, env = "SOVA_LOCKOUT", default_value = "5m", value_parser = parse_duration)]
+    pub lockout: Duration,
+
+    /// Append an audit trail (JSON lines) to this file, or `-` for stderr; reopened on
+    /// SIGHUP so log rotation works.
+    #[arg(long, env = "SOVA_AUDIT_LOG", value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
 
     /// Unanswered pings after which a `pong`-capable instance is dropped.
     #[arg(long, env = "SOVA_MAX_MISSED_PONGS", default_value_t = 3,
@@ -199,6 +268,8 @@ mod tests {
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
         assert!(config.http);
         assert!(config.admin_token.is_none());
+        assert_eq!(config.max_connections, 4096);
+        assert_eq!(config.max_connections_per_ip, 16);
     }
 
     #[test]
@@ -207,6 +278,27 @@ mod tests {
             Config::try_parse_from(["sova-relay", "--http", "0", "--show-session-names"]).unwrap();
         assert!(!config.http);
         assert!(config.show_session_names);
+    }
+
+    #[test]
+    fn cidr_lists_parse_from_flags() {
+        let config = Config::try_parse_from([
+            "sova-relay",
+            "--allow",
+            "127.0.0.0/8,::1/128",
+            "--deny",
+            "127.0.0.2/32",
+        ])
+        .unwrap();
+        assert_eq!(config.allow.len(), 2);
+        assert_eq!(config.deny.len(), 1);
+        assert!(Config::try_parse_from(["sova-relay", "--allow", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(Config::try_parse_from(["sova-relay", "--tls-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["sova-relay", "--tls-required"]).is_err());
     }
 
     #[test]

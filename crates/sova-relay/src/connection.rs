@@ -2,6 +2,7 @@
 //! routes its messages. Writing is the outbox's writer task; this side never blocks on a
 //! peer.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +19,16 @@ use tokio::time::{interval_at, Instant, Interval};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+use crate::audit::AuditEvent;
 use crate::outbox::Outbox;
 use crate::reason::DisconnectReason;
 use crate::registry::{now_ms, NewMember, Registration};
 use crate::server::Shared;
+use crate::tokens::Role;
+
+const TLS_REQUIRED: &str =
+    "TLS required: reconnect with TLS (tls://HOST:PORT, or wss://HOST:PORT/ws)";
+const LISTENER_CANNOT_SEND: &str = "StateUpdate refused: this session token has the listener role";
 
 /// At most one rate-limit `Error` per this interval, so a flood is not answered by a flood.
 const RATE_ERROR_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,18 +58,46 @@ pub(crate) fn handshake_limit(max_message_size: usize) -> usize {
     max_message_size.min(HANDSHAKE_MAX_MESSAGE_SIZE)
 }
 
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    /// `tcp`, `tls`, `websocket` or `wss`.
+    pub(crate) transport: &'static str,
+    /// Whether the connection is encrypted.
+    pub(crate) secure: bool,
+}
+
+impl Peer {
+    pub(crate) fn plain(addr: SocketAddr, transport: &'static str) -> Self {
+        Peer {
+            addr,
+            transport,
+            secure: false,
+        }
+    }
+
+    pub(crate) fn secure(addr: SocketAddr, transport: &'static str) -> Self {
+        Peer {
+            addr,
+            transport,
+            secure: true,
+        }
+    }
+}
+
 /// Serves one connection until it ends; the writer task drains `outbox` meanwhile.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     outbox: Outbox,
-    transport: &'static str,
+    peer: Peer,
     handshake_deadline: Instant,
     mut inbound: impl Inbound,
 ) {
     let connection = Connection {
         shared,
         outbox,
-        transport,
+        peer,
     };
     let Some(registration) = connection.handshake(&mut inbound, handshake_deadline).await else {
         connection.outbox.finish(None);
@@ -70,16 +105,7 @@ pub(crate) async fn serve(
     };
     inbound.set_max_message_size(connection.shared.config.max_message_size);
     let reason = connection.relay(&mut inbound, &registration).await;
-    let member = &registration.member;
-    if reason.is_slow_consumer() {
-        warn!(instance = %member.name, id = %member.id, %reason,
-              pending_bytes = member.outbox.pending_bytes(),
-              "Instance '{}' disconnected: {reason}", member.name);
-    } else {
-        info!(instance = %member.name, id = %member.id, reason = reason.label(),
-              "Instance '{}' disconnected: {reason}", member.name);
-    }
-    connection.shared.stats.disconnected(&reason);
+    connection.report_departure(&registration, &reason);
     drop(registration);
     // After a kill the writer has already stopped and said what it could.
     connection.outbox.finish(Some(reason));
@@ -88,8 +114,7 @@ pub(crate) async fn serve(
 struct Connection {
     shared: Arc<Shared>,
     outbox: Outbox,
-    /// `tcp` or `websocket`, shown on the status page.
-    transport: &'static str,
+    peer: Peer,
 }
 
 /// Per-connection state of the reader loop.
@@ -101,51 +126,26 @@ struct Relaying<'a> {
     missed_pongs: u32,
 }
 
+/// What a client asked for in its `RegisterInstance`.
+struct Request {
+    name: String,
+    version: String,
+    session_token: Option<String>,
+    capabilities: Option<Vec<String>>,
+}
+
 impl Connection {
     async fn handshake(
         &self,
         inbound: &mut impl Inbound,
         deadline: Instant,
     ) -> Option<Registration> {
-        let config = &self.shared.config;
-        let first = tokio::select! {
-            _ = self.shared.shutdown.cancelled() => return None,
-            first = tokio::time::timeout_at(deadline, inbound.next()) => first,
-        };
-        let body = match first {
-            Err(_) if inbound.has_partial_frame() => {
-                warn!(
-                    "No complete RegisterInstance within {:?}",
-                    config.handshake_timeout
-                );
-                self.reject(
-                    "Handshake timeout: RegisterInstance not received",
-                    "timeout",
-                );
-                return None;
-            }
-            Err(_) => {
-                debug!(
-                    "Closed: nothing received within {:?}",
-                    config.handshake_timeout
-                );
-                return None;
-            }
-            Ok(None) => {
-                debug!("Closed by peer before registering");
-                return None;
-            }
-            Ok(Some(Err(ProtocolError::Io(err)))) => {
-                debug!(error = %err, "Read failed before registering");
-                return None;
-            }
-            Ok(Some(Err(err))) => {
-                warn!(error = %err, "Invalid frame before registering");
-                self.reject(&err.to_string(), "invalid_frame");
-                return None;
-            }
-            Ok(Some(Ok(body))) => body,
-        };
+        let body = self.first_frame(inbound, deadline).await?;
+        if self.shared.config.tls_required && !self.peer.secure {
+            info!("Rejected: plaintext connection while TLS is required");
+            self.reject(TLS_REQUIRED, "tls_required", None);
+            return None;
+        }
         let Ok(Message::RegisterInstance {
             instance_name,
             version,
@@ -154,60 +154,175 @@ impl Connection {
         }) = decode_body(body)
         else {
             warn!("First message was not a valid RegisterInstance");
-            self.reject("Expected RegisterInstance message", "not_register");
+            self.reject("Expected RegisterInstance message", "not_register", None);
             return None;
         };
-        if version != config.sova_version {
-            info!(%instance_name, %version, "Rejected: version mismatch");
+        let request = Request {
+            name: instance_name,
+            version,
+            session_token,
+            capabilities,
+        };
+        let role = self.admissible(&request)?;
+        self.register(request, role)
+    }
+
+    /// Waits for the first frame, within the handshake deadline.
+    async fn first_frame(&self, inbound: &mut impl Inbound, deadline: Instant) -> Option<Bytes> {
+        let first = tokio::select! {
+            _ = self.shared.shutdown.cancelled() => return None,
+            first = tokio::time::timeout_at(deadline, inbound.next()) => first,
+        };
+        match first {
+            Err(_) if inbound.has_partial_frame() => {
+                warn!("No complete RegisterInstance within the handshake timeout");
+                let text = "Handshake timeout: RegisterInstance not received";
+                self.reject(text, "timeout", None);
+                None
+            }
+            Err(_) => {
+                debug!("Closed: nothing received within the handshake timeout");
+                None
+            }
+            Ok(None) => {
+                debug!("Closed by peer before registering");
+                None
+            }
+            Ok(Some(Err(ProtocolError::Io(err)))) => {
+                debug!(error = %err, "Read failed before registering");
+                None
+            }
+            Ok(Some(Err(err))) => {
+                warn!(error = %err, "Invalid frame before registering");
+                self.reject(&err.to_string(), "invalid_frame", None);
+                None
+            }
+            Ok(Some(Ok(body))) => Some(body),
+        }
+    }
+
+    /// The checks that need no lock, in the protocol's order: version, then token, then the
+    /// name's form. Returns the role the token grants.
+    fn admissible(&self, request: &Request) -> Option<Role> {
+        let config = &self.shared.config;
+        if request.version != config.sova_version {
+            info!(instance_name = %request.name.escape_debug(), version = %request.version.escape_debug(),
+                  "Rejected: version mismatch");
             let text = format!(
-                "Version mismatch: expected {}, got {version}",
-                config.sova_version
+                "Version mismatch: expected {}, got {}",
+                config.sova_version, request.version
             );
-            self.reject(&text, "version_mismatch");
+            self.shared.gate.registration_failed(self.peer.addr.ip());
+            self.reject(&text, "version_mismatch", Some(&request.name));
             return None;
         }
-        if let Err(text) = validate_instance_name(&instance_name) {
-            warn!(instance_name = %instance_name.escape_debug(), "Rejected: {text}");
-            self.reject(&text, "invalid_name");
+        let role = match &self.shared.tokens {
+            None => Role::Performer,
+            Some(tokens) => match tokens.current().role_of(request.session_token.as_deref()) {
+                Some(role) => role,
+                None => {
+                    warn!(instance_name = %request.name.escape_debug(), "Rejected: invalid session token");
+                    self.shared.gate.registration_failed(self.peer.addr.ip());
+                    self.reject(
+                        "Invalid session token",
+                        "invalid_token",
+                        Some(&request.name),
+                    );
+                    return None;
+                }
+            },
+        };
+        if let Err(text) = validate_instance_name(&request.name) {
+            warn!(instance_name = %request.name.escape_debug(), "Rejected: {text}");
+            self.reject(&text, "invalid_name", None);
             return None;
         }
-        let asked = capabilities.as_deref().unwrap_or_default();
+        Some(role)
+    }
+
+    /// Claims the name and a slot, atomically.
+    fn register(&self, request: Request, role: Role) -> Option<Registration> {
+        let asked = request.capabilities.as_deref().unwrap_or_default();
         let asked_for = |name: &str| asked.iter().any(|c| c == name);
-        let granted = capabilities.as_ref().map(|_| {
+        let granted = request.capabilities.as_ref().map(|_| {
             [CAPABILITY_PONG, CAPABILITY_PRESENCE]
                 .into_iter()
                 .filter(|c| asked_for(c))
                 .map(str::to_owned)
                 .collect()
         });
-        let request = NewMember {
-            name: instance_name,
-            version,
-            session_token,
+        let new_member = NewMember {
+            name: request.name.clone(),
+            version: request.version,
+            session_token: request.session_token,
             outbox: self.outbox.clone(),
             presence: asked_for(CAPABILITY_PRESENCE),
             pong: asked_for(CAPABILITY_PONG),
-            transport: self.transport,
+            peer: self.peer,
+            role,
             granted,
         };
-        match self.shared.registry.register(request) {
+        match self.shared.registry.register(new_member) {
             Ok(registration) => {
                 let member = &registration.member;
-                info!(instance = %member.name, id = %member.id, session = %registration.session.label,
+                let session = &registration.session.label;
+                info!(instance = %member.name, id = %member.id, %session, transport = self.peer.transport,
                       "Instance '{}' registered with ID {}", member.name, member.id);
+                self.audit(
+                    AuditEvent::new("registered")
+                        .session(session)
+                        .instance(&member.name, member.id),
+                );
                 Some(registration)
             }
             Err(err) => {
                 info!("Rejected: {err}");
-                self.reject(&err.to_string(), err.label());
+                self.reject(&err.to_string(), err.label(), Some(&request.name));
                 None
             }
         }
     }
 
+    fn report_departure(&self, registration: &Registration, reason: &DisconnectReason) {
+        let member = &registration.member;
+        if reason.is_slow_consumer() {
+            warn!(instance = %member.name, id = %member.id, %reason,
+                  pending_bytes = member.outbox.pending_bytes(),
+                  "Instance '{}' disconnected: {reason}", member.name);
+            self.audit(
+                AuditEvent::new("slow_consumer")
+                    .session(&registration.session.label)
+                    .instance(&member.name, member.id)
+                    .reason(reason),
+            );
+        } else {
+            info!(instance = %member.name, id = %member.id, reason = reason.label(),
+                  "Instance '{}' disconnected: {reason}", member.name);
+        }
+        self.shared.stats.disconnected(reason);
+        self.audit(
+            AuditEvent::new("disconnected")
+                .session(&registration.session.label)
+                .instance(&member.name, member.id)
+                .reason(reason.label()),
+        );
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        let event = event
+            .peer(self.peer.addr.ip())
+            .transport(self.peer.transport);
+        self.shared.audit.record(event);
+    }
+
     /// Refuses a registration: `Error` with `text`, then close.
-    fn reject(&self, text: &str, label: &'static str) {
+    fn reject(&self, text: &str, label: &'static str, name: Option<&str>) {
         self.shared.stats.registration_rejected(label);
+        let mut event = AuditEvent::new("rejected").reason(text);
+        if let Some(name) = name {
+            event = event.name(name);
+        }
+        self.audit(event);
         self.outbox
             .finish(Some(DisconnectReason::Rejected(text.to_owned())));
     }
@@ -285,7 +400,9 @@ impl Connection {
                 timestamp,
                 update_data,
             }) => {
-                if source_instance_id == member.id {
+                if member.role == Role::Listener {
+                    self.send_error("listener", LISTENER_CANNOT_SEND.to_owned());
+                } else if source_instance_id == member.id {
                     self.fan_out(state.registration, timestamp, &update_data);
                 } else {
                     warn!(claimed = %source_instance_id, "StateUpdate with another instance's id dropped");
@@ -328,6 +445,13 @@ impl Connection {
             state.last_rate_error = Some(Instant::now());
             let name = &state.registration.member.name;
             warn!(instance = %name, limit_per_minute = self.shared.config.rate_limit, "Rate limit exceeded");
+            let session = &state.registration.session.label;
+            let id = state.registration.member.id;
+            self.audit(
+                AuditEvent::new("rate_limited")
+                    .session(session)
+                    .instance(name, id),
+            );
             self.send_error(
                 "rate_limited",
                 format!("Rate limit exceeded for instance {name}"),

@@ -1,11 +1,13 @@
 //! Entry points for fuzzers and property tests: a relay without a listener, fed connections
 //! over in-memory streams. Not a stable API.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::connection::Peer;
 use crate::server::Shared;
 use crate::{transport, Config};
 
@@ -16,10 +18,13 @@ pub struct Harness {
 
 impl Harness {
     /// A relay with this configuration.
+    ///
+    /// # Panics
+    /// If the configuration names a certificate, tokens file or audit log that cannot be
+    /// loaded: a harness is set up by test code, where that is a bug in the test.
     pub fn new(config: Config) -> Self {
-        Harness {
-            shared: Shared::new(config),
-        }
+        let shared = Shared::new(config).unwrap_or_else(|err| panic!("harness: {err:#}"));
+        Harness { shared }
     }
 
     /// Serves one framed-protocol connection until it ends, exactly as an accepted TCP
@@ -30,7 +35,12 @@ impl Harness {
         writer: impl AsyncWrite + Send + Unpin + 'static,
     ) {
         let deadline = Instant::now() + self.shared.config.handshake_timeout;
-        transport::serve_framed_halves(self.shared.clone(), reader, writer, deadline).await;
+        let peer = Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            transport: "tcp",
+            secure: false,
+        };
+        transport::serve_framed_halves(self.shared.clone(), peer, reader, writer, deadline).await;
     }
 
     /// Registered instances right now.

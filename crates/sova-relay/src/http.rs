@@ -7,17 +7,19 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::audit::AuditEvent;
+use crate::connection::Peer;
 use crate::reason::DisconnectReason;
 use crate::server::Shared;
 use crate::{status, websocket};
@@ -45,10 +47,17 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serves HTTP/1.1 on one connection, with bounded headers and a header-read timeout
-/// (slow clients cannot hold the connection open by trickling a request).
-pub(crate) async fn serve(shared: Arc<Shared>, router: Router, stream: TcpStream) {
+/// (slow clients cannot hold the connection open by trickling a request). `peer` is what
+/// a WebSocket upgrade on this connection will be.
+pub(crate) async fn serve<I>(shared: Arc<Shared>, router: Router, stream: I, peer: Peer)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     debug!("New HTTP connection");
-    let _open = shared.stats.connection_opened("http");
+    let _open = shared
+        .stats
+        .connection_opened(if peer.secure { "https" } else { "http" });
+    let router = router.layer(Extension(peer));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -126,6 +135,13 @@ async fn kick(
     };
     info!(instance = %member.name, %id, "Instance '{}' kicked by operator", member.name);
     member.outbox.request_close(DisconnectReason::Kicked);
+    shared.audit.record(
+        AuditEvent::new("kicked")
+            .peer(member.peer.addr.ip())
+            .transport(member.peer.transport)
+            .session(&member.session_label)
+            .instance(&member.name, member.id),
+    );
     Json(json!({ "kicked": { "id": id, "name": member.name } })).into_response()
 }
 
@@ -163,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_and_readiness_fail_once_shutdown_starts() {
-        let shared = Shared::new(Config::default());
+        let shared = Shared::new(Config::default()).unwrap();
         assert_eq!(status_of(shared.clone(), "/readyz").await, StatusCode::OK);
         shared.shutdown.cancel();
         for path in ["/readyz", "/healthz"] {

@@ -10,6 +10,8 @@
 //! # }
 //! ```
 
+mod access;
+mod audit;
 mod config;
 mod connection;
 #[doc(hidden)]
@@ -21,8 +23,10 @@ mod reason;
 mod registry;
 mod server;
 mod status;
+mod tls;
+mod tokens;
 mod transport;
 mod websocket;
 
 pub use config::{parse_duration, Config};
-pub use server::Server;
+pub use server::{Control, Server};

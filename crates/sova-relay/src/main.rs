@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use sova_relay::{Config, Server};
-use tracing::{info, warn};
+use sova_relay::{Config, Control, Server};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -39,11 +39,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // says it listens is never met by the default action (death without goodbyes).
     let signals = Signals::install().context("cannot listen for SIGINT/SIGTERM")?;
     let addr = SocketAddr::new(config.host, config.port);
-    let server = Server::bind(addr, config)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let server = Server::bind(addr, config).await?;
+    reload_on_hangup(server.control())?;
     info!("Listening on {}", server.local_addr()?);
     server.run(signals.shutdown()).await
+}
+
+/// SIGHUP re-reads the TLS certificate and the tokens file and reopens the audit log.
+#[cfg(unix)]
+fn reload_on_hangup(control: Control) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match control.reload() {
+                Ok(()) => info!("Reloaded on SIGHUP"),
+                Err(err) => error!("Reload on SIGHUP failed, keeping the previous state: {err:#}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(_control: Control) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// SIGINT and SIGTERM (Ctrl+C, and what Docker and systemd send).

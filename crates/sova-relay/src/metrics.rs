@@ -18,6 +18,7 @@ use crate::reason::DisconnectReason;
 pub(crate) struct Stats {
     pub(crate) connections: AtomicU64,
     pub(crate) open_connections: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
     pub(crate) messages_in: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
@@ -44,6 +45,17 @@ impl Stats {
             stats: self,
             transport,
         }
+    }
+
+    /// A connection was refused at accept (`reason`: fixed set).
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        bump(&self.connections_refused, 1);
+        counter!("sova_relay_connections_refused_total", "reason" => reason).increment(1);
+    }
+
+    /// A TLS handshake failed or timed out.
+    pub(crate) fn tls_failed(&self) {
+        counter!("sova_relay_tls_handshake_failures_total").increment(1);
     }
 
     /// A registration was refused.

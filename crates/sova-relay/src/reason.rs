@@ -30,6 +30,8 @@ pub(crate) enum DisconnectReason {
     Rejected(String),
     /// An operator removed the instance.
     Kicked,
+    /// Its session token was removed from the tokens file.
+    TokenRevoked,
     /// The relay is shutting down.
     Shutdown,
 }
@@ -48,6 +50,7 @@ impl DisconnectReason {
             Self::Protocol(_) => "protocol_error",
             Self::Rejected(_) => "rejected",
             Self::Kicked => "kicked",
+            Self::TokenRevoked => "token_revoked",
             Self::Shutdown => "shutdown",
         }
     }
@@ -66,6 +69,7 @@ impl DisconnectReason {
             Self::TooLarge(text) | Self::Protocol(text) | Self::Rejected(text) => text.clone(),
             Self::Shutdown => "Relay shutting down".to_owned(),
             Self::Kicked => "Kicked by operator".to_owned(),
+            Self::TokenRevoked => "Session token revoked".to_owned(),
             _ => return None,
         };
         Some(encode_frame(&Message::error(text)))
@@ -81,6 +85,7 @@ impl DisconnectReason {
             Self::Protocol(_) => 1002,
             Self::Rejected(_)
             | Self::Kicked
+            | Self::TokenRevoked
             | Self::SlowConsumer { .. }
             | Self::WriteTimeout(_)
             | Self::PongTimeout { .. } => 1008,
@@ -107,6 +112,7 @@ impl fmt::Display for DisconnectReason {
             Self::PongTimeout { missed } => write!(f, "Ping timeout: {missed} pings unanswered"),
             Self::TooLarge(text) | Self::Protocol(text) | Self::Rejected(text) => f.write_str(text),
             Self::Kicked => f.write_str("Kicked by operator"),
+            Self::TokenRevoked => f.write_str("Session token revoked"),
             Self::Shutdown => f.write_str("relay shutting down"),
         }
     }

@@ -15,8 +15,10 @@ use sova_relay_protocol::{encode_frame, InstanceInfo, Message};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::connection::Peer;
 use crate::metrics;
 use crate::outbox::Outbox;
+use crate::tokens::Role;
 
 /// One registered instance, as the other members of its session see it.
 pub(crate) struct Member {
@@ -32,8 +34,12 @@ pub(crate) struct Member {
     pub(crate) presence: bool,
     /// Whether it answers the relay's pings, so its liveness can be judged by pongs.
     pub(crate) pong: bool,
-    /// `tcp` or `websocket`.
-    pub(crate) transport: &'static str,
+    /// Where it connected from, and how.
+    pub(crate) peer: Peer,
+    /// Its session's label (never the token).
+    pub(crate) session_label: String,
+    /// What its session token allows.
+    pub(crate) role: Role,
 }
 
 impl Member {
@@ -89,7 +95,8 @@ pub(crate) struct NewMember {
     pub(crate) outbox: Outbox,
     pub(crate) presence: bool,
     pub(crate) pong: bool,
-    pub(crate) transport: &'static str,
+    pub(crate) peer: Peer,
+    pub(crate) role: Role,
     /// Capabilities to list in the response; `None` when the client asked for none.
     pub(crate) granted: Option<Vec<String>>,
 }
@@ -169,7 +176,9 @@ impl Registry {
             outbox: new.outbox,
             presence: new.presence,
             pong: new.pong,
-            transport: new.transport,
+            peer: new.peer,
+            role: new.role,
+            session_label: session.label.clone(),
         });
         let response = Message::RegistrationResponse {
             success: true,

@@ -12,21 +12,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::access::Gatekeeper;
+use crate::audit::{Audit, AuditEvent};
 use crate::metrics::{self, Stats};
+use crate::reason::DisconnectReason;
 use crate::registry::Registry;
+use crate::tls::Tls;
+use crate::tokens::{TokenList, Tokens};
 use crate::{http, transport, Config};
 
 /// First pause after a failed `accept()`; doubles up to [`MAX_ACCEPT_BACKOFF`].
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// How often the Prometheus recorder drains histogram samples.
-const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the Prometheus recorder drains histogram samples and the per-IP maps forget
+/// what has expired.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// State every connection task shares.
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) registry: Arc<Registry>,
+    /// Who may connect: IP rules, connection caps, lockouts.
+    pub(crate) gate: Arc<Gatekeeper>,
+    /// Present when a certificate is configured.
+    pub(crate) tls: Option<Tls>,
+    /// Present when `--tokens-file` is set.
+    pub(crate) tokens: Option<Tokens>,
+    pub(crate) audit: Audit,
     pub(crate) stats: Stats,
     pub(crate) started_at: SystemTime,
     pub(crate) started: Instant,
@@ -40,9 +53,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config) -> Arc<Self> {
-        Arc::new(Shared {
+    /// Loads what the configuration names (certificate, tokens, audit log).
+    pub(crate) fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
+        let tokens = config
+            .tokens_file
+            .as_deref()
+            .map(Tokens::load)
+            .transpose()?;
+        Ok(Arc::new(Shared {
             registry: Arc::new(Registry::new(config.max_instances)),
+            gate: Arc::new(Gatekeeper::new(&config)),
+            tls,
+            tokens,
+            audit: Audit::open(config.audit_log.as_deref())?,
             config,
             stats: Stats::default(),
             started_at: SystemTime::now(),
@@ -51,7 +78,68 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_connection_id: AtomicU64::new(1),
-        })
+        }))
+    }
+
+    /// Re-reads the certificate and the tokens file and reopens the audit log. Whatever
+    /// fails keeps its previous state; the errors are returned together.
+    pub(crate) fn reload(&self) -> anyhow::Result<()> {
+        let mut failures = Vec::new();
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(err) => failures.push(format!("{err:#}")),
+            }
+        }
+        if let Some(tokens) = &self.tokens {
+            match tokens.reload() {
+                Ok(list) => {
+                    let revoked = self.revoke_invalid_tokens(&list);
+                    info!(tokens = list.len(), revoked, "Session tokens reloaded");
+                    self.audit
+                        .record(AuditEvent::new("tokens_reloaded").reason(format!(
+                            "{} tokens, {revoked} instances disconnected",
+                            list.len()
+                        )));
+                }
+                Err(err) => failures.push(format!("{err:#}")),
+            }
+        }
+        self.audit.reopen();
+        match failures.is_empty() {
+            true => Ok(()),
+            false => anyhow::bail!("{}", failures.join("; ")),
+        }
+    }
+
+    /// Disconnects every instance whose session token is no longer allowed.
+    fn revoke_invalid_tokens(&self, tokens: &TokenList) -> usize {
+        let mut revoked = 0;
+        for session in self.registry.sessions() {
+            if tokens.role_of(session.token.as_deref()).is_some() {
+                continue;
+            }
+            for member in session.members.iter() {
+                member.outbox.request_close(DisconnectReason::TokenRevoked);
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+}
+
+/// A handle for operating a running relay (reload on SIGHUP).
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    /// Re-reads the TLS certificate and the tokens file (instances whose token was removed
+    /// are disconnected) and reopens the audit log. On error, what failed keeps its
+    /// previous state.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        self.shared.reload()
     }
 }
 
@@ -64,11 +152,18 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket; nothing is accepted until [`Server::run`].
     pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(Server {
-            listener,
-            shared: Shared::new(config),
-        })
+        let shared = Shared::new(config).map_err(|err| io::Error::other(format!("{err:#}")))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
+        Ok(Server { listener, shared })
+    }
+
+    /// A handle to reload the relay's files while it runs.
+    pub fn control(&self) -> Control {
+        Control {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -81,7 +176,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Server { listener, shared } = self;
         let router = shared.config.http.then(|| http::router(shared.clone()));
-        spawn_metrics_upkeep(&shared);
+        spawn_upkeep(&shared);
         tokio::pin!(shutdown);
         let mut backoff = MIN_ACCEPT_BACKOFF;
         loop {
@@ -122,15 +217,19 @@ fn spawn_connection(
     shared.tracker.spawn(task.instrument(span));
 }
 
-fn spawn_metrics_upkeep(shared: &Arc<Shared>) {
+fn spawn_upkeep(shared: &Arc<Shared>) {
     let handle = metrics::prometheus();
-    let stop = shared.shutdown.clone();
-    shared.tracker.spawn(async move {
-        let mut upkeep = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    let tracker = shared.tracker.clone();
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = upkeep.tick() => handle.run_upkeep(),
+                _ = shared.shutdown.cancelled() => return,
+                _ = upkeep.tick() => {
+                    handle.run_upkeep();
+                    shared.gate.forget_stale();
+                }
             }
         }
     });
@@ -157,5 +256,6 @@ async fn drain(shared: &Shared) {
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait()).await;
     }
+    shared.audit.close();
     info!("Relay stopped");
 }

@@ -186,7 +186,7 @@ fn instance_json(member: &Member, session: &str) -> InstanceJson {
         name: member.name.clone(),
         version: member.version.clone(),
         session: session.to_owned(),
-        transport: member.transport,
+        transport: member.peer.transport,
         capabilities,
         connected_at: rfc3339(member.connected_at),
         last_activity: rfc3339(last_activity),

@@ -1,65 +1,116 @@
-//! What a new connection speaks, told by its first byte before anything is read: `0x00`
-//! starts a frame of the raw TCP protocol (every valid length prefix is under 16 MiB); an
-//! ASCII letter starts an HTTP request (status page, API, WebSocket upgrade).
+//! What a new connection speaks, told by its first byte before anything is consumed: `0x00`
+//! starts a frame of the raw TCP protocol (every valid length prefix is under 16 MiB), an
+//! ASCII letter starts an HTTP request (status page, API, WebSocket upgrade), `0x16` starts
+//! a TLS handshake, inside which the same question is asked again.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use socket2::{SockRef, TcpKeepalive};
 use sova_relay_protocol::FrameCodec;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
-use crate::connection::{self, handshake_limit};
+use crate::access::Refusal;
+use crate::audit::AuditEvent;
+use crate::connection::{self, handshake_limit, Peer};
 use crate::outbox::{Outbox, StreamSink};
 use crate::server::Shared;
 use crate::{http, Config};
 
-/// Identifies the protocol and serves the connection until it ends.
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Admits, identifies and serves one accepted connection until it ends.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     router: Option<axum::Router>,
     stream: TcpStream,
-    peer: SocketAddr,
+    addr: SocketAddr,
 ) {
+    let _permit = match shared.gate.admit(addr.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => return refuse(&shared, addr, refusal),
+    };
     configure_socket(&stream, &shared.config);
     let deadline = Instant::now() + shared.config.handshake_timeout;
-    let first = tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        first = tokio::time::timeout_at(deadline, first_byte(&stream)) => first,
+    let Some(first) = first_byte(&shared, &stream, deadline).await else {
+        return;
     };
-    match first {
-        Err(_) => debug!("Closed: nothing received within the handshake timeout"),
-        Ok(Err(err)) => debug!(error = %err, "Closed: read failed before any byte arrived"),
-        Ok(Ok(None)) => debug!("Closed by the peer before sending anything"),
-        Ok(Ok(Some(byte))) => match router {
-            Some(router) if byte.is_ascii_uppercase() => {
-                http::serve(shared, router, stream).await;
+    match (first, &shared.tls, router) {
+        (TLS_HANDSHAKE, Some(tls), router) => {
+            let acceptor = tls.acceptor();
+            let accepted = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => accepted,
+            };
+            match accepted {
+                Ok(Ok(stream)) => serve_tls(shared, router, stream, addr, deadline).await,
+                Ok(Err(err)) => tls_failed(&shared, addr, &err.to_string()),
+                Err(_) => tls_failed(&shared, addr, "handshake timeout"),
             }
-            _ => serve_framed(shared, stream, peer, deadline).await,
-        },
+        }
+        (byte, _, Some(router)) if byte.is_ascii_uppercase() => {
+            http::serve(shared, router, stream, Peer::plain(addr, "websocket")).await;
+        }
+        _ => {
+            info!("New connection from {addr}");
+            let (reader, writer) = stream.into_split();
+            let peer = Peer::plain(addr, "tcp");
+            serve_framed_halves(shared, peer, reader, writer, deadline).await;
+        }
     }
 }
 
-/// The raw protocol: length-prefixed MessagePack frames.
-async fn serve_framed(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, deadline: Instant) {
-    info!("New connection from {peer}");
-    let (reader, writer) = stream.into_split();
-    serve_framed_halves(shared, reader, writer, deadline).await;
+/// Inside TLS: HTTP (`https`, `wss`) or frames (`tls`).
+async fn serve_tls(
+    shared: Arc<Shared>,
+    router: Option<axum::Router>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    addr: SocketAddr,
+    deadline: Instant,
+) {
+    let mut stream = BufReader::new(stream);
+    let first = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        first = tokio::time::timeout_at(deadline, stream.fill_buf()) => first,
+    };
+    let byte = match first {
+        Ok(Ok([byte, ..])) => *byte,
+        Ok(Ok([])) => return debug!("TLS connection closed before sending anything"),
+        Ok(Err(err)) => return debug!(error = %err, "TLS connection failed before any byte"),
+        Err(_) => return debug!("TLS connection sent nothing within the handshake timeout"),
+    };
+    match router {
+        Some(router) if byte.is_ascii_uppercase() => {
+            http::serve(shared, router, stream, Peer::secure(addr, "wss")).await;
+        }
+        _ => {
+            info!("New TLS connection from {addr}");
+            let (reader, writer) = tokio::io::split(stream);
+            let peer = Peer::secure(addr, "tls");
+            serve_framed_halves(shared, peer, reader, writer, deadline).await;
+        }
+    }
 }
 
 /// The raw protocol over any pair of byte-stream halves.
 pub(crate) async fn serve_framed_halves(
     shared: Arc<Shared>,
+    peer: Peer,
     reader: impl AsyncRead + Send + Unpin + 'static,
     writer: impl AsyncWrite + Send + Unpin + 'static,
     deadline: Instant,
 ) {
-    let _open = shared.stats.connection_opened("tcp");
+    let _open = shared.stats.connection_opened(peer.transport);
+    shared.audit.record(
+        AuditEvent::new("connect")
+            .peer(peer.addr.ip())
+            .transport(peer.transport),
+    );
     let (outbox, receiver) = Outbox::new(shared.config.max_pending_bytes, &shared.hard_stop);
     shared.tracker.spawn(
         receiver
@@ -68,14 +119,48 @@ pub(crate) async fn serve_framed_halves(
     );
     let codec = FrameCodec::new(handshake_limit(shared.config.max_message_size));
     let inbound = FramedRead::new(reader, codec);
-    connection::serve(shared.clone(), outbox, "tcp", deadline, inbound).await;
+    connection::serve(shared.clone(), outbox, peer, deadline, inbound).await;
 }
 
-/// Waits for the first byte without consuming it; `None` when the peer closed first.
-async fn first_byte(stream: &TcpStream) -> io::Result<Option<u8>> {
+/// Waits for the first byte without consuming it; `None` when there is nothing to serve.
+async fn first_byte(shared: &Shared, stream: &TcpStream, deadline: Instant) -> Option<u8> {
     let mut byte = [0u8; 1];
-    let n = stream.peek(&mut byte).await?;
-    Ok((n == 1).then_some(byte[0]))
+    let peeked = tokio::select! {
+        _ = shared.shutdown.cancelled() => return None,
+        peeked = tokio::time::timeout_at(deadline, stream.peek(&mut byte)) => peeked,
+    };
+    match peeked {
+        Ok(Ok(1)) => Some(byte[0]),
+        Ok(Ok(_)) => {
+            debug!("Closed by the peer before sending anything");
+            None
+        }
+        Ok(Err(err)) => {
+            debug!(error = %err, "Closed: read failed before any byte arrived");
+            None
+        }
+        Err(_) => {
+            debug!("Closed: nothing received within the handshake timeout");
+            None
+        }
+    }
+}
+
+fn refuse(shared: &Shared, addr: SocketAddr, refusal: Refusal) {
+    debug!(peer = %addr, reason = refusal.label(), "Connection refused");
+    shared.stats.connection_refused(refusal.label());
+    let event = match refusal {
+        Refusal::Denied => AuditEvent::new("acl_denied"),
+        _ => AuditEvent::new("connection_refused").reason(refusal.label()),
+    };
+    shared.audit.record(event.peer(addr.ip()));
+}
+
+fn tls_failed(shared: &Shared, addr: SocketAddr, reason: &str) {
+    warn!(peer = %addr, reason, "TLS handshake failed");
+    shared.stats.tls_failed();
+    let event = AuditEvent::new("tls_failed").peer(addr.ip()).reason(reason);
+    shared.audit.record(event);
 }
 
 /// No Nagle delay (a musician's edit must not wait for an ACK), and dead peers found by

@@ -9,6 +9,7 @@ use std::task::{ready, Context, Poll};
 use axum::extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -17,7 +18,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tracing::{debug, info, Instrument, Span};
 
-use crate::connection::{self, handshake_limit, Inbound};
+use crate::audit::AuditEvent;
+use crate::connection::{self, handshake_limit, Inbound, Peer};
 use crate::outbox::{FrameSink, Outbox};
 use crate::reason::DisconnectReason;
 use crate::server::Shared;
@@ -28,6 +30,7 @@ const MAX_CLOSE_REASON: usize = 123;
 /// `GET /ws`: upgrades, then serves the socket as one instance's connection.
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let max = shared.config.max_message_size;
@@ -39,13 +42,18 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| {
             // axum spawns this on its own; tracking it lets shutdown wait for it.
             let tracker = shared.tracker.clone();
-            tracker.track_future(serve(shared, socket).instrument(span))
+            tracker.track_future(serve(shared, socket, peer).instrument(span))
         })
 }
 
-async fn serve(shared: Arc<Shared>, socket: WebSocket) {
-    info!("New WebSocket connection");
-    let _open = shared.stats.connection_opened("websocket");
+async fn serve(shared: Arc<Shared>, socket: WebSocket, peer: Peer) {
+    info!("New WebSocket connection from {}", peer.addr);
+    let _open = shared.stats.connection_opened(peer.transport);
+    shared.audit.record(
+        AuditEvent::new("connect")
+            .peer(peer.addr.ip())
+            .transport(peer.transport),
+    );
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let (sink, stream) = socket.split();
     let (outbox, receiver) = Outbox::new(shared.config.max_pending_bytes, &shared.hard_stop);
@@ -58,7 +66,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         stream,
         max_len: handshake_limit(shared.config.max_message_size),
     };
-    connection::serve(shared.clone(), outbox, "websocket", deadline, inbound).await;
+    connection::serve(shared.clone(), outbox, peer, deadline, inbound).await;
 }
 
 /// Binary messages in, as frame bodies.

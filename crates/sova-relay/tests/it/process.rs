@@ -174,6 +174,20 @@ fn a_port_in_use_is_a_one_line_error_and_a_failure_exit() {
 }
 
 #[test]
+fn a_missing_certificate_is_a_one_line_error_naming_the_file() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sova-relay"))
+        .args(["--port", "0", "--tls-cert", "/nonexistent/cert.pem"])
+        .args(["--tls-key", "/nonexistent/key.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap();
+    let expected = "sova-relay: cannot read TLS certificate /nonexistent/cert.pem";
+    assert!(last.starts_with(expected), "{stderr}");
+}
+
+#[test]
 fn a_bad_flag_fails_with_usage() {
     let output = Command::new(env!("CARGO_BIN_EXE_sova-relay"))
         .args(["--max-instances", "many"])
@@ -202,30 +216,85 @@ async fn memory_stays_bounded_while_a_consumer_never_reads() {
     // Connected and registered, then never read from again.
     let stalled = TestClient::register(relay.addr, "stalled", None).await;
     let payload = vec![0x5a; 1024];
-    let sender = tokio::spawn(async move {
-        for i in 0..10_000u64 {
+    // In steps Bob keeps up with, so only the stalled instance falls behind.
+    for step in 0..100u64 {
+        for i in step * 100..(step + 1) * 100 {
             alice.update(i, &payload).await;
         }
-        alice
-    });
-    let mut received = 0;
-    while received < 10_000 {
-        match bob.recv().await {
-            Message::StateBroadcast { timestamp, .. } => {
-                assert_eq!(timestamp, received);
-                received += 1;
+        let mut received = step * 100;
+        while received < (step + 1) * 100 {
+            match bob.recv().await {
+                Message::StateBroadcast { timestamp, .. } => {
+                    assert_eq!(timestamp, received);
+                    received += 1;
+                }
+                Message::InstanceDisconnected { instance_name, .. } => {
+                    assert_eq!(instance_name, "stalled")
+                }
+                other => panic!("unexpected {other:?}"),
             }
-            Message::InstanceDisconnected { instance_name, .. } => {
-                assert_eq!(instance_name, "stalled")
-            }
-            other => panic!("unexpected {other:?}"),
         }
     }
-    sender.await.unwrap();
     let peak_kib = relay.peak_rss_kib();
     // 8 MiB of pending bytes for the stalled instance, plus the process itself.
     assert!(peak_kib < 48 * 1024, "peak RSS {peak_kib} KiB");
     relay.wait_for_line("Instance 'stalled' disconnected: Slow consumer");
     drop(stalled);
     let _ = TcpStream::connect(relay.addr).await.unwrap();
+}
+
+#[tokio::test]
+async fn sighup_reloads_tokens_and_certificate_without_dropping_connections() {
+    let pki = crate::security::TestPki::new();
+    let tokens = pki.path("tokens");
+    std::fs::write(&tokens, "keep\nrevoke\n").unwrap();
+    let (tokens_arg, cert_arg, key_arg) = (
+        tokens.display().to_string(),
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+    );
+    let mut relay = RelayProcess::start(&[
+        "--tokens-file",
+        &tokens_arg,
+        "--tls-cert",
+        &cert_arg,
+        "--tls-key",
+        &key_arg,
+    ]);
+    let mut keeper = TestClient::register(relay.addr, "keeper", Some("keep")).await;
+    let stream = crate::security::tls_connect(relay.addr, pki.client_config())
+        .await
+        .unwrap();
+    let mut keeper_tls = TestClient::over(stream);
+    keeper_tls
+        .register_as("keeper-tls", Some("keep"), None)
+        .await;
+    let mut doomed = TestClient::register(relay.addr, "doomed", Some("revoke")).await;
+
+    std::fs::write(&tokens, "keep\n").unwrap();
+    let new_cert = pki.issue(false);
+    relay.signal("HUP");
+    relay.wait_for_line("Reloaded on SIGHUP");
+
+    assert_eq!(
+        doomed.expect_closed().await,
+        [Message::error("Session token revoked")]
+    );
+    keeper.update(1, b"still here").await;
+    assert_broadcast(&keeper_tls.recv().await, "keeper", 1, b"still here");
+    let fresh = crate::security::tls_connect(relay.addr, pki.client_config())
+        .await
+        .unwrap();
+    let served = fresh.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(
+        served, new_cert,
+        "the new certificate is served after SIGHUP"
+    );
+    let (_, refused) = TestClient::register_with(relay.addr, "doomed", Some("revoke"), None).await;
+    assert_eq!(refused, Message::error("Invalid session token"));
+
+    std::fs::write(&tokens, "bad line with too many words\n").unwrap();
+    relay.signal("HUP");
+    relay.wait_for_line("Reload on SIGHUP failed");
+    let _still_admitted = TestClient::register(relay.addr, "later", Some("keep")).await;
 }

@@ -7,8 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sova_relay::{Config, Server};
 use sova_relay_protocol::{decode_body, encode_frame, FrameCodec, Message, UpdateData};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -31,14 +30,17 @@ impl TestServer {
     }
 
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::on("127.0.0.1:0", adjust).await
+    }
+
+    /// A relay bound to `addr` (e.g. `[::1]:0`).
+    pub async fn on(addr: &str, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config {
             shutdown_timeout: Duration::from_secs(2),
             ..Config::default()
         };
         adjust(&mut config);
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
-            .await
-            .unwrap();
+        let server = Server::bind(addr.parse().unwrap(), config).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
@@ -82,8 +84,8 @@ impl Drop for TestServer {
 /// A protocol client that works at the byte level, so tests see exactly what the relay
 /// sends.
 pub struct TestClient {
-    frames: FramedRead<OwnedReadHalf, FrameCodec>,
-    writer: OwnedWriteHalf,
+    frames: FramedRead<Box<dyn AsyncRead + Send + Unpin>, FrameCodec>,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     pub id: Uuid,
     pub name: String,
 }
@@ -92,13 +94,39 @@ impl TestClient {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        let (reader, writer) = stream.into_split();
+        Self::over(stream)
+    }
+
+    /// A client over any byte stream (TLS, in-memory, …).
+    pub fn over(stream: impl AsyncRead + AsyncWrite + Send + 'static) -> Self {
+        let (reader, writer) = tokio::io::split(stream);
         TestClient {
-            frames: FramedRead::new(reader, FrameCodec::new(64 << 20)),
-            writer,
+            frames: FramedRead::new(Box::new(reader), FrameCodec::new(64 << 20)),
+            writer: Box::new(writer),
             id: Uuid::nil(),
             name: String::new(),
         }
+    }
+
+    /// Sends `RegisterInstance` and returns the answer, remembering the id on success.
+    pub async fn register_as(
+        &mut self,
+        name: &str,
+        token: Option<&str>,
+        capabilities: Option<&[&str]>,
+    ) -> Message {
+        self.send(&register_message(name, "0.1.0", token, capabilities))
+            .await;
+        let response = self.recv().await;
+        if let Message::RegistrationResponse {
+            assigned_id: Some(id),
+            ..
+        } = &response
+        {
+            self.id = *id;
+            self.name = name.to_owned();
+        }
+        response
     }
 
     pub async fn register(addr: SocketAddr, name: &str, token: Option<&str>) -> Self {
@@ -121,18 +149,7 @@ impl TestClient {
         capabilities: Option<&[&str]>,
     ) -> (Self, Message) {
         let mut client = Self::connect(addr).await;
-        client
-            .send(&register_message(name, "0.1.0", token, capabilities))
-            .await;
-        let response = client.recv().await;
-        if let Message::RegistrationResponse {
-            assigned_id: Some(id),
-            ..
-        } = &response
-        {
-            client.id = *id;
-            client.name = name.to_owned();
-        }
+        let response = client.register_as(name, token, capabilities).await;
         (client, response)
     }
 
