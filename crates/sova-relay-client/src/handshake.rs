@@ -50,6 +50,7 @@ fn register_message(config: &ClientConfig) -> Message {
             CAPABILITY_PONG.to_owned(),
             CAPABILITY_PRESENCE.to_owned(),
         ]),
+        resume: None,
     }
 }
 

@@ -295,6 +295,7 @@ impl Task {
                 source_instance_name,
                 timestamp,
                 update_data,
+                ..
             } => match update_data.to_vec() {
                 Ok(data) => Event::Broadcast {
                     from: source_instance_name,

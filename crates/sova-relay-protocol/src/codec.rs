@@ -66,11 +66,16 @@ pub fn decode_body(body: Bytes) -> Result<Message, ProtocolError> {
     raw::check_body(&body, MAX_NESTING_DEPTH)?;
     let mut message: Message =
         rmp_serde::from_slice(&body).map_err(|err| ProtocolError::Invalid(err.to_string()))?;
-    if let Message::StateUpdate { update_data, .. } | Message::StateBroadcast { update_data, .. } =
-        &mut message
-    {
-        let span = raw::field_span(&body, "update_data", 2)?;
-        *update_data = UpdateData::from_checked_raw(body.slice(span));
+    match &mut message {
+        Message::StateUpdate { update_data, .. } | Message::StateBroadcast { update_data, .. } => {
+            let span = raw::field_span(&body, "update_data", 2)?;
+            *update_data = UpdateData::from_checked_raw(body.slice(span));
+        }
+        Message::SessionSnapshot { data, .. } => {
+            let span = raw::field_span(&body, "data", 1)?;
+            *data = UpdateData::from_checked_raw(body.slice(span));
+        }
+        _ => {}
     }
     Ok(message)
 }
@@ -90,11 +95,13 @@ pub fn encode_body(message: &Message, dst: &mut BytesMut) {
             }),
             *timestamp,
             update_data,
+            None,
         ),
         Message::StateBroadcast {
             source_instance_name,
             timestamp,
             update_data,
+            seq,
         } => write_state_message(
             dst,
             "StateBroadcast",
@@ -103,6 +110,7 @@ pub fn encode_body(message: &Message, dst: &mut BytesMut) {
             }),
             *timestamp,
             update_data,
+            *seq,
         ),
         other => {
             // Writing to memory cannot fail and every field type is serializable, so an
@@ -132,8 +140,41 @@ pub fn state_broadcast_frame(source_name: &str, timestamp: u64, update_data: &Up
         ("source_instance_name", |dst| put_str(dst, source_name)),
         timestamp,
         update_data,
+        None,
     );
     finish_frame(frame)
+}
+
+/// A `StateBroadcast` frame encoded up to its `seq`, which is appended last: the costly part
+/// (copying the payload) happens before the sequence number is known, so whoever assigns
+/// sequence numbers under a lock only appends a few bytes.
+pub struct PendingBroadcast {
+    frame: BytesMut,
+}
+
+impl PendingBroadcast {
+    /// Encodes everything but `seq`.
+    pub fn new(source_name: &str, timestamp: u64, update_data: &UpdateData) -> Self {
+        let mut frame = BytesMut::with_capacity(80 + source_name.len() + update_data.raw().len());
+        frame.put_u32(0);
+        frame.put_u8(0x81);
+        put_str(&mut frame, "StateBroadcast");
+        frame.put_u8(0x84);
+        put_str(&mut frame, "source_instance_name");
+        put_str(&mut frame, source_name);
+        put_str(&mut frame, "timestamp");
+        put_uint(&mut frame, timestamp);
+        put_str(&mut frame, "update_data");
+        frame.put_slice(update_data.raw());
+        PendingBroadcast { frame }
+    }
+
+    /// Appends `seq` and seals the frame.
+    pub fn finish(mut self, seq: u64) -> Bytes {
+        put_str(&mut self.frame, "seq");
+        put_uint(&mut self.frame, seq);
+        finish_frame(self.frame)
+    }
 }
 
 fn finish_frame(mut frame: BytesMut) -> Bytes {
@@ -149,16 +190,21 @@ fn write_state_message(
     (source_key, write_source): (&str, impl FnOnce(&mut BytesMut)),
     timestamp: u64,
     update_data: &UpdateData,
+    seq: Option<u64>,
 ) {
     dst.put_u8(0x81);
     put_str(dst, variant);
-    dst.put_u8(0x83);
+    dst.put_u8(if seq.is_some() { 0x84 } else { 0x83 });
     put_str(dst, source_key);
     write_source(dst);
     put_str(dst, "timestamp");
     put_uint(dst, timestamp);
     put_str(dst, "update_data");
     dst.put_slice(update_data.raw());
+    if let Some(seq) = seq {
+        put_str(dst, "seq");
+        put_uint(dst, seq);
+    }
 }
 
 fn put_str(dst: &mut BytesMut, s: &str) {

@@ -19,9 +19,11 @@ mod message;
 mod raw;
 mod update_data;
 
-pub use codec::{decode_body, encode_body, encode_frame, state_broadcast_frame, FrameCodec};
+pub use codec::{
+    decode_body, encode_body, encode_frame, state_broadcast_frame, FrameCodec, PendingBroadcast,
+};
 pub use error::ProtocolError;
-pub use message::{InstanceInfo, Message};
+pub use message::{InstanceInfo, Message, ResumeRequest};
 pub use update_data::UpdateData;
 
 /// Default largest frame body accepted, in bytes (1 MiB).
@@ -46,6 +48,18 @@ pub const CAPABILITY_PONG: &str = "pong";
 
 /// Capability: the client understands `InstanceConnected`.
 pub const CAPABILITY_PRESENCE: &str = "presence";
+
+/// Capability: the client may resume a dropped connection without losing broadcasts.
+pub const CAPABILITY_RESUME: &str = "resume";
+
+/// Capability: the client may publish and receive `SessionSnapshot`s.
+pub const CAPABILITY_SNAPSHOT: &str = "snapshot";
+
+/// `RegistrationResponse.resumed` when the missed broadcasts follow.
+pub const RESUMED_OK: &str = "ok";
+
+/// `RegistrationResponse.resumed` when the client must rebuild its state.
+pub const RESUMED_RESYNC_REQUIRED: &str = "resync_required";
 
 /// Checks an instance name: 1 to [`MAX_NAME_LEN`] bytes, no control characters.
 pub fn validate_instance_name(name: &str) -> Result<(), String> {

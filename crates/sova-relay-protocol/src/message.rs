@@ -21,9 +21,13 @@ pub enum Message {
         /// Selects the session; `None` is the default session.
         #[serde(default)]
         session_token: Option<String>,
-        /// Extension: capabilities the client asks for (`pong`, `presence`).
+        /// Extension: capabilities the client asks for (`pong`, `presence`, `resume`,
+        /// `snapshot`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capabilities: Option<Vec<String>>,
+        /// Extension (`resume`): where the client's previous connection left off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeRequest>,
     },
     /// The relay's answer to `RegisterInstance`.
     RegistrationResponse {
@@ -39,6 +43,18 @@ pub enum Message {
         /// Extension: the capabilities granted, present when the client asked for any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capabilities: Option<Vec<String>>,
+        /// Extension: the session's epoch (changes when the session is recreated).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        /// Extension: `seq` of the session's latest broadcast at registration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// Extension (`resume`): the secret that lets a later connection resume this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_secret: Option<String>,
+        /// Extension (`resume`): `ok` (missed broadcasts follow) or `resync_required`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resumed: Option<String>,
     },
     /// An edit of the sequencer state, from an instance to the relay.
     StateUpdate {
@@ -57,6 +73,9 @@ pub enum Message {
         timestamp: u64,
         /// The sender's `update_data`, byte for byte.
         update_data: UpdateData,
+        /// Extension: position in the session's history (1, 2, 3, … per epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
     /// An instance left the session.
     InstanceDisconnected {
@@ -82,6 +101,14 @@ pub enum Message {
         /// The timestamp of the `Ping` being answered.
         timestamp: u64,
     },
+    /// Extension (`snapshot`): the session's state as of broadcast `seq`. From a client,
+    /// a snapshot to keep; from the relay, the snapshot a joining client starts from.
+    SessionSnapshot {
+        /// The last broadcast the state contains.
+        seq: u64,
+        /// The opaque state, forwarded verbatim.
+        data: UpdateData,
+    },
     /// Something went wrong; the text says what.
     Error {
         /// Human-readable reason.
@@ -101,6 +128,7 @@ impl Message {
             Message::InstanceConnected { .. } => "InstanceConnected",
             Message::Ping { .. } => "Ping",
             Message::Pong { .. } => "Pong",
+            Message::SessionSnapshot { .. } => "SessionSnapshot",
             Message::Error { .. } => "Error",
         }
     }
@@ -111,6 +139,17 @@ impl Message {
             message: message.into(),
         }
     }
+}
+
+/// Where a resuming client's previous connection left off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    /// The session epoch of the last broadcast received.
+    pub epoch: u64,
+    /// The `seq` of the last broadcast received.
+    pub seq: u64,
+    /// The `resume_secret` of the previous registration.
+    pub secret: String,
 }
 
 /// One registered instance, as listed in `RegistrationResponse::current_instances`.

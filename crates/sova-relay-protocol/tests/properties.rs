@@ -33,6 +33,7 @@ fn message() -> impl Strategy<Value = Message> {
                 version: v,
                 session_token: t,
                 capabilities: None,
+                resume: None,
             }
         }),
         (any::<u128>(), any::<u64>(), update_data()).prop_map(|(id, t, d)| {
@@ -46,6 +47,7 @@ fn message() -> impl Strategy<Value = Message> {
             source_instance_name: n,
             timestamp: t,
             update_data: d,
+            seq: None,
         }),
         (any::<u128>(), name).prop_map(|(id, n)| Message::InstanceDisconnected {
             instance_id: Uuid::from_u128(id),
@@ -83,6 +85,7 @@ proptest! {
             source_instance_name: name,
             timestamp,
             update_data,
+            seq: None,
         }).unwrap();
         prop_assert_eq!(&spliced[4..], &slow[..]);
     }

@@ -60,6 +60,7 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 version: "0.1.0".into(),
                 session_token: None,
                 capabilities: None,
+                resume: None,
             },
         ),
         (
@@ -69,6 +70,7 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 version: "0.1.0".into(),
                 session_token: Some("jam".into()),
                 capabilities: None,
+                resume: None,
             },
         ),
         (
@@ -78,6 +80,7 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 version: "0.1.0".into(),
                 session_token: None,
                 capabilities: Some(vec!["pong".into(), "presence".into()]),
+                resume: None,
             },
         ),
         (
@@ -94,6 +97,10 @@ fn vectors() -> Vec<(&'static str, Message)> {
                     last_activity: at,
                 }],
                 capabilities: None,
+                epoch: None,
+                seq: None,
+                resume_secret: None,
+                resumed: None,
             },
         ),
         (
@@ -110,6 +117,7 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 source_instance_name: "bob".into(),
                 timestamp: TIMESTAMP,
                 update_data: UpdateData::from_array(&[1, 2, 3]),
+                seq: None,
             },
         ),
         (
@@ -240,6 +248,7 @@ fn fields_in_any_order_extra_fields_and_missing_options_are_accepted() {
             version: "0.1.0".into(),
             session_token: None,
             capabilities: None,
+            resume: None,
         }
     );
 }

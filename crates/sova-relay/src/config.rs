@@ -153,6 +153,23 @@ pub struct Config {
     #[arg(long, env = "SOVA_AUDIT_LOG", value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
 
+    /// Broadcasts kept per session for clients that resume (capability `resume`) or join
+    /// from a snapshot; sessions of clients without either keep none.
+    #[arg(long, env = "SOVA_HISTORY_MAX_UPDATES", default_value_t = 1000)]
+    pub history_max_updates: usize,
+
+    /// Bytes of broadcasts kept per session, at most.
+    #[arg(long, env = "SOVA_HISTORY_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
+    /// Age after which a kept broadcast is forgotten.
+    #[arg(long, env = "SOVA_HISTORY_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub history_max_age: Duration,
+
+    /// Largest session snapshot accepted (capability `snapshot`), in bytes.
+    #[arg(long, env = "SOVA_MAX_SNAPSHOT_BYTES", default_value_t = sova_relay_protocol::DEFAULT_MAX_MESSAGE_SIZE)]
+    pub max_snapshot_bytes: usize,
+
     /// Unanswered pings after which a `pong`-capable instance is dropped.
     #[arg(long, env = "SOVA_MAX_MISSED_PONGS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]

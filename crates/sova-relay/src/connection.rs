@@ -11,8 +11,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sova_relay_protocol::{
-    decode_body, encode_frame, state_broadcast_frame, validate_instance_name, FrameCodec, Message,
-    ProtocolError, UpdateData, CAPABILITY_PONG, CAPABILITY_PRESENCE, HANDSHAKE_MAX_MESSAGE_SIZE,
+    decode_body, encode_frame, validate_instance_name, FrameCodec, Message, PendingBroadcast,
+    ProtocolError, ResumeRequest, UpdateData, CAPABILITY_PONG, CAPABILITY_PRESENCE,
+    CAPABILITY_RESUME, CAPABILITY_SNAPSHOT, HANDSHAKE_MAX_MESSAGE_SIZE,
 };
 use tokio::io::AsyncRead;
 use tokio::time::{interval_at, Instant, Interval};
@@ -132,6 +133,7 @@ struct Request {
     version: String,
     session_token: Option<String>,
     capabilities: Option<Vec<String>>,
+    resume: Option<ResumeRequest>,
 }
 
 impl Connection {
@@ -151,6 +153,7 @@ impl Connection {
             version,
             session_token,
             capabilities,
+            resume,
         }) = decode_body(body)
         else {
             warn!("First message was not a valid RegisterInstance");
@@ -162,6 +165,7 @@ impl Connection {
             version,
             session_token,
             capabilities,
+            resume,
         };
         let role = self.admissible(&request)?;
         self.register(request, role)
@@ -245,11 +249,16 @@ impl Connection {
         let asked = request.capabilities.as_deref().unwrap_or_default();
         let asked_for = |name: &str| asked.iter().any(|c| c == name);
         let granted = request.capabilities.as_ref().map(|_| {
-            [CAPABILITY_PONG, CAPABILITY_PRESENCE]
-                .into_iter()
-                .filter(|c| asked_for(c))
-                .map(str::to_owned)
-                .collect()
+            [
+                CAPABILITY_PONG,
+                CAPABILITY_PRESENCE,
+                CAPABILITY_RESUME,
+                CAPABILITY_SNAPSHOT,
+            ]
+            .into_iter()
+            .filter(|c| asked_for(c))
+            .map(str::to_owned)
+            .collect()
         });
         let new_member = NewMember {
             name: request.name.clone(),
@@ -260,13 +269,17 @@ impl Connection {
             pong: asked_for(CAPABILITY_PONG),
             peer: self.peer,
             role,
+            snapshot: asked_for(CAPABILITY_SNAPSHOT),
             granted,
+            resumable: asked_for(CAPABILITY_RESUME),
+            resume: request.resume,
         };
         match self.shared.registry.register(new_member) {
             Ok(registration) => {
                 let member = &registration.member;
                 let session = &registration.session.label;
                 info!(instance = %member.name, id = %member.id, %session, transport = self.peer.transport,
+                      resumed = ?registration.resumed,
                       "Instance '{}' registered with ID {}", member.name, member.id);
                 self.audit(
                     AuditEvent::new("registered")
@@ -413,6 +426,9 @@ impl Connection {
                 }
             }
             Ok(Message::Ping { timestamp }) => self.send(&Message::Pong { timestamp }),
+            Ok(Message::SessionSnapshot { seq, data }) => {
+                self.publish_snapshot(state.registration, seq, data);
+            }
             Ok(Message::RegisterInstance { .. }) => {
                 self.send_error(
                     "already_registered",
@@ -464,21 +480,40 @@ impl Connection {
     fn fan_out(&self, registration: &Registration, timestamp: u64, update_data: &UpdateData) {
         let started = Instant::now();
         let source = &registration.member;
-        let frame = state_broadcast_frame(&source.name, timestamp, update_data);
-        let members = registration.session.members();
-        let delivered = members
-            .iter()
-            .filter(|m| m.id != source.id)
-            .filter(|m| m.outbox.deliver(frame.clone()))
-            .count();
-        debug!(
-            recipients = delivered,
-            bytes = frame.len(),
-            "Relayed update"
-        );
+        let pending = PendingBroadcast::new(&source.name, timestamp, update_data);
+        let (delivered, frame_len) = registration.session.broadcast(source, pending);
+        debug!(recipients = delivered, bytes = frame_len, "Relayed update");
         self.shared
             .stats
-            .broadcast(delivered, frame.len(), started.elapsed());
+            .broadcast(delivered, frame_len, started.elapsed());
+    }
+
+    /// Keeps a snapshot of the session's state for late joiners.
+    fn publish_snapshot(&self, registration: &Registration, seq: u64, data: UpdateData) {
+        let member = &registration.member;
+        let max = self.shared.config.max_snapshot_bytes;
+        let refusal = if !member.snapshot {
+            Some(
+                "Unexpected message: SessionSnapshot (capability `snapshot` not granted)"
+                    .to_owned(),
+            )
+        } else if member.role == Role::Listener {
+            Some("SessionSnapshot refused: this session token has the listener role".to_owned())
+        } else if data.raw().len() > max {
+            Some(format!(
+                "Snapshot too large: {} bytes (max: {max})",
+                data.raw().len()
+            ))
+        } else {
+            registration
+                .session
+                .publish_snapshot(member, seq, data)
+                .err()
+        };
+        match refusal {
+            Some(text) => self.send_error("snapshot_refused", text),
+            None => debug!(seq, "Session snapshot replaced"),
+        }
     }
 
     fn send(&self, message: &Message) {

@@ -22,6 +22,7 @@ mod outbox;
 mod reason;
 mod registry;
 mod server;
+mod session;
 mod status;
 mod tls;
 mod tokens;

@@ -32,6 +32,8 @@ pub(crate) enum DisconnectReason {
     Kicked,
     /// Its session token was removed from the tokens file.
     TokenRevoked,
+    /// A resumed connection of the same instance took its place.
+    Superseded,
     /// The relay is shutting down.
     Shutdown,
 }
@@ -51,6 +53,7 @@ impl DisconnectReason {
             Self::Rejected(_) => "rejected",
             Self::Kicked => "kicked",
             Self::TokenRevoked => "token_revoked",
+            Self::Superseded => "superseded",
             Self::Shutdown => "shutdown",
         }
     }
@@ -70,6 +73,7 @@ impl DisconnectReason {
             Self::Shutdown => "Relay shutting down".to_owned(),
             Self::Kicked => "Kicked by operator".to_owned(),
             Self::TokenRevoked => "Session token revoked".to_owned(),
+            Self::Superseded => "Replaced by a resumed connection".to_owned(),
             _ => return None,
         };
         Some(encode_frame(&Message::error(text)))
@@ -86,6 +90,7 @@ impl DisconnectReason {
             Self::Rejected(_)
             | Self::Kicked
             | Self::TokenRevoked
+            | Self::Superseded
             | Self::SlowConsumer { .. }
             | Self::WriteTimeout(_)
             | Self::PongTimeout { .. } => 1008,
@@ -113,6 +118,7 @@ impl fmt::Display for DisconnectReason {
             Self::TooLarge(text) | Self::Protocol(text) | Self::Rejected(text) => f.write_str(text),
             Self::Kicked => f.write_str("Kicked by operator"),
             Self::TokenRevoked => f.write_str("Session token revoked"),
+            Self::Superseded => f.write_str("Replaced by a resumed connection"),
             Self::Shutdown => f.write_str("relay shutting down"),
         }
     }

@@ -1,9 +1,9 @@
-//! Who is connected: sessions, names, capacity, and the member lists fan-out reads.
+//! Who is connected: sessions, names, capacity.
 //!
 //! One std mutex guards the session map and the instance count, so registration is
-//! atomic (capacity and name are checked and claimed in one step). Each session keeps its
-//! member list as an immutable snapshot behind its own small lock: fan-out clones an `Arc`
-//! and iterates without holding anything, so relaying never contends with registration.
+//! atomic (capacity and name are checked and claimed in one step, a resumed connection takes
+//! over its old registration in one step). Relaying takes only its own session's lock
+//! (`session.rs`), never this one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +11,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use sova_relay_protocol::{encode_frame, InstanceInfo, Message};
+use sova_relay_protocol::{
+    encode_frame, InstanceInfo, Message, ResumeRequest, RESUMED_OK, RESUMED_RESYNC_REQUIRED,
+};
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 use uuid::Uuid;
 
 use crate::connection::Peer;
 use crate::metrics;
 use crate::outbox::Outbox;
+use crate::reason::DisconnectReason;
+use crate::session::{HistoryLimits, Session, SessionState};
 use crate::tokens::Role;
 
 /// One registered instance, as the other members of its session see it.
@@ -40,6 +45,13 @@ pub(crate) struct Member {
     pub(crate) session_label: String,
     /// What its session token allows.
     pub(crate) role: Role,
+    /// Presented by a later connection to take over this registration (`resume`).
+    resume_secret: Option<String>,
+    /// Whether it may publish and receive snapshots.
+    pub(crate) snapshot: bool,
+    /// `seq` of this instance's latest broadcast, so a snapshot it publishes is known to
+    /// contain its own updates up to there.
+    pub(crate) last_sent_seq: AtomicU64,
 }
 
 impl Member {
@@ -64,20 +76,6 @@ impl Member {
     }
 }
 
-/// The members of one session.
-pub(crate) struct Session {
-    /// Short, non-reversible label for logs: never the token itself.
-    pub(crate) label: String,
-    members: Mutex<Arc<[Arc<Member>]>>,
-}
-
-impl Session {
-    /// The current members; cheap, and safe to iterate while others join and leave.
-    pub(crate) fn members(&self) -> Arc<[Arc<Member>]> {
-        lock(&self.members).clone()
-    }
-}
-
 /// A session as the status page and API see it.
 pub(crate) struct SessionView {
     /// The token, shown only with `--show-session-names`.
@@ -97,8 +95,13 @@ pub(crate) struct NewMember {
     pub(crate) pong: bool,
     pub(crate) peer: Peer,
     pub(crate) role: Role,
+    pub(crate) snapshot: bool,
     /// Capabilities to list in the response; `None` when the client asked for none.
     pub(crate) granted: Option<Vec<String>>,
+    /// Whether to issue a resume secret (capability `resume`).
+    pub(crate) resumable: bool,
+    /// Where the client's previous connection left off, when it resumes.
+    pub(crate) resume: Option<ResumeRequest>,
 }
 
 /// Why a registration was refused; the texts are the protocol's.
@@ -123,6 +126,7 @@ impl RegisterError {
 pub(crate) struct Registry {
     state: Mutex<State>,
     max_instances: usize,
+    history: HistoryLimits,
 }
 
 #[derive(Default)]
@@ -132,71 +136,76 @@ struct State {
 }
 
 impl Registry {
-    pub(crate) fn new(max_instances: usize) -> Self {
+    pub(crate) fn new(max_instances: usize, history: HistoryLimits) -> Self {
         Self {
             state: Mutex::new(State::default()),
             max_instances,
+            history,
         }
     }
 
     /// Checks capacity and name and adds the instance, in one step. The
-    /// `RegistrationResponse` is queued to the new member before any other member can see
-    /// it, so it always arrives first, and every update relayed afterwards reaches it.
+    /// `RegistrationResponse` (and, for a resuming or snapshot client, what it missed) is
+    /// queued to the new member before any other member can see it, so it always arrives
+    /// first, and every update relayed afterwards reaches it.
     pub(crate) fn register(
         self: &Arc<Self>,
         new: NewMember,
     ) -> Result<Registration, RegisterError> {
         let mut state = lock(&self.state);
-        if state.instances >= self.max_instances {
-            return Err(RegisterError::Full(self.max_instances));
-        }
+        let history = self.history;
         let session = state
             .sessions
             .entry(new.session_token.clone())
             .or_insert_with(|| {
-                Arc::new(Session {
-                    label: session_label(new.session_token.as_deref()),
-                    members: Mutex::new(Arc::from([])),
-                })
+                Arc::new(Session::new(
+                    session_label(new.session_token.as_deref()),
+                    history,
+                ))
             })
             .clone();
-        let mut members = lock(&session.members);
-        if members.iter().any(|m| m.name == new.name) {
-            drop(members);
-            self.drop_session_if_empty(&mut state, &new.session_token);
-            return Err(RegisterError::NameTaken(new.name));
-        }
-        let now = SystemTime::now();
-        let member = Arc::new(Member {
-            id: Uuid::new_v4(),
-            name: new.name,
-            version: new.version,
-            connected_at: now,
-            last_activity_ms: AtomicU64::new(now_ms()),
-            outbox: new.outbox,
-            presence: new.presence,
-            pong: new.pong,
-            peer: new.peer,
-            role: new.role,
-            session_label: session.label.clone(),
-        });
-        let response = Message::RegistrationResponse {
-            success: true,
-            message: format!("Registered as {}", member.name),
-            assigned_id: Some(member.id),
-            current_instances: members.iter().map(|m| m.info()).collect(),
-            capabilities: new.granted,
+        let mut session_state = session.lock();
+        let holder = session_state
+            .members
+            .iter()
+            .find(|m| m.name == new.name)
+            .cloned();
+        let taking_over = holder.filter(|holder| presents_secret_of(&new, holder));
+        let refusal = if taking_over.is_some() {
+            None
+        } else if state.instances >= self.max_instances {
+            Some(RegisterError::Full(self.max_instances))
+        } else if session_state.members.iter().any(|m| m.name == new.name) {
+            Some(RegisterError::NameTaken(new.name.clone()))
+        } else {
+            None
         };
-        let _ = member.outbox.push(encode_frame(&response));
+        if let Some(refusal) = refusal {
+            drop(session_state);
+            self.drop_session_if_empty(&mut state, &new.session_token);
+            return Err(refusal);
+        }
+        if let Some(old) = &taking_over {
+            remove_member(&mut session_state, old);
+            old.outbox.request_close(DisconnectReason::Superseded);
+            state.instances -= 1;
+        }
+        let member = Arc::new(Member::new(&new, &session.label));
+        let resumed = welcome(&session, &mut session_state, &member, &new);
         let joined = encode_frame(&Message::InstanceConnected {
             instance_id: member.id,
             instance_name: member.name.clone(),
         });
-        for other in members.iter().filter(|m| m.presence) {
+        for other in session_state.members.iter().filter(|m| m.presence) {
             other.outbox.deliver(joined.clone());
         }
-        *members = members.iter().cloned().chain([member.clone()]).collect();
-        drop(members);
+        session_state.members = session_state
+            .members
+            .iter()
+            .cloned()
+            .chain([member.clone()])
+            .collect();
+        drop(session_state);
         state.instances += 1;
         metrics::set_population(state.instances, state.sessions.len());
         Ok(Registration {
@@ -204,30 +213,18 @@ impl Registry {
             session_token: new.session_token,
             session,
             member,
+            resumed,
         })
     }
 
     /// Removes a member and tells the rest of its session, exactly once.
     fn unregister(&self, token: &Option<String>, session: &Session, member: &Member) {
         let mut state = lock(&self.state);
-        let mut members = lock(&session.members);
-        let before = members.len();
-        *members = members
-            .iter()
-            .filter(|m| m.id != member.id)
-            .cloned()
-            .collect();
-        if members.len() == before {
+        let mut session_state = session.lock();
+        if !remove_member(&mut session_state, member) {
             return;
         }
-        let left = encode_frame(&Message::InstanceDisconnected {
-            instance_id: member.id,
-            instance_name: member.name.clone(),
-        });
-        for other in members.iter() {
-            other.outbox.deliver(left.clone());
-        }
-        drop(members);
+        drop(session_state);
         state.instances -= 1;
         self.drop_session_if_empty(&mut state, token);
         metrics::set_population(state.instances, state.sessions.len());
@@ -237,7 +234,7 @@ impl Registry {
         let empty = state
             .sessions
             .get(token)
-            .is_some_and(|s| lock(&s.members).is_empty());
+            .is_some_and(|s| s.lock().members.is_empty());
         if empty {
             state.sessions.remove(token);
         }
@@ -279,6 +276,8 @@ pub(crate) struct Registration {
     session_token: Option<String>,
     pub(crate) session: Arc<Session>,
     pub(crate) member: Arc<Member>,
+    /// For a resuming client: whether what it missed was replayed.
+    pub(crate) resumed: Option<bool>,
 }
 
 impl Drop for Registration {
@@ -286,6 +285,108 @@ impl Drop for Registration {
         self.registry
             .unregister(&self.session_token, &self.session, &self.member);
     }
+}
+
+impl Member {
+    fn new(new: &NewMember, session_label: &str) -> Self {
+        let now = SystemTime::now();
+        Member {
+            id: Uuid::new_v4(),
+            name: new.name.clone(),
+            version: new.version.clone(),
+            connected_at: now,
+            last_activity_ms: AtomicU64::new(now_ms()),
+            outbox: new.outbox.clone(),
+            presence: new.presence,
+            pong: new.pong,
+            peer: new.peer,
+            role: new.role,
+            session_label: session_label.to_owned(),
+            resume_secret: new.resumable.then(|| Uuid::new_v4().simple().to_string()),
+            snapshot: new.snapshot,
+            last_sent_seq: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Whether `new` resumes `holder`'s registration: it presents the secret issued to it.
+fn presents_secret_of(new: &NewMember, holder: &Member) -> bool {
+    let (Some(resume), Some(secret)) = (&new.resume, &holder.resume_secret) else {
+        return false;
+    };
+    let given = Sha256::digest(resume.secret.as_bytes());
+    let issued = Sha256::digest(secret.as_bytes());
+    given.ct_eq(&issued).into()
+}
+
+/// Takes `member` out of its session and tells the others; false if it was not there.
+fn remove_member(state: &mut SessionState, member: &Member) -> bool {
+    let before = state.members.len();
+    state.members = state
+        .members
+        .iter()
+        .filter(|m| m.id != member.id)
+        .cloned()
+        .collect();
+    if state.members.len() == before {
+        return false;
+    }
+    let left = encode_frame(&Message::InstanceDisconnected {
+        instance_id: member.id,
+        instance_name: member.name.clone(),
+    });
+    for other in state.members.iter() {
+        other.outbox.deliver(left.clone());
+    }
+    true
+}
+
+/// Queues the response, then whatever the new member missed: the broadcasts after where a
+/// resuming client left off, or the snapshot and what followed it. Returns, for a resuming
+/// client, whether the replay covered the gap.
+fn welcome(
+    session: &Session,
+    state: &mut SessionState,
+    member: &Member,
+    new: &NewMember,
+) -> Option<bool> {
+    let extended = new.granted.is_some();
+    if new.resumable || new.snapshot {
+        state.keep_history();
+    }
+    let limits = *session.limits();
+    let resume_from = new
+        .resume
+        .as_ref()
+        .filter(|r| new.resumable && r.epoch == session.epoch)
+        .map(|r| r.seq);
+    let can_replay = resume_from.is_some_and(|seq| state.can_replay_after(&limits, seq));
+    let resumed = new.resume.as_ref().map(|_| can_replay);
+    let response = Message::RegistrationResponse {
+        success: true,
+        message: format!("Registered as {}", member.name),
+        assigned_id: Some(member.id),
+        current_instances: state.members.iter().map(|m| m.info()).collect(),
+        capabilities: new.granted.clone(),
+        epoch: extended.then_some(session.epoch),
+        seq: extended.then_some(state.last_seq),
+        resume_secret: member.resume_secret.clone(),
+        resumed: resumed.map(|ok| {
+            if ok {
+                RESUMED_OK
+            } else {
+                RESUMED_RESYNC_REQUIRED
+            }
+            .to_owned()
+        }),
+    };
+    member.outbox.deliver(encode_frame(&response));
+    match (resume_from, can_replay) {
+        (Some(seq), true) => state.replay_after(&limits, seq, &member.outbox),
+        _ if new.snapshot => state.replay_snapshot(&limits, &member.outbox),
+        _ => false,
+    };
+    resumed
 }
 
 /// `default`, or the first 8 hex digits of the token's SHA-256.

@@ -17,6 +17,7 @@ use crate::audit::{Audit, AuditEvent};
 use crate::metrics::{self, Stats};
 use crate::reason::DisconnectReason;
 use crate::registry::Registry;
+use crate::session::HistoryLimits;
 use crate::tls::Tls;
 use crate::tokens::{TokenList, Tokens};
 use crate::{http, transport, Config};
@@ -65,7 +66,14 @@ impl Shared {
             .map(Tokens::load)
             .transpose()?;
         Ok(Arc::new(Shared {
-            registry: Arc::new(Registry::new(config.max_instances)),
+            registry: Arc::new(Registry::new(
+                config.max_instances,
+                HistoryLimits {
+                    max_updates: config.history_max_updates,
+                    max_bytes: config.history_max_bytes,
+                    max_age: config.history_max_age,
+                },
+            )),
             gate: Arc::new(Gatekeeper::new(&config)),
             tls,
             tokens,

@@ -34,6 +34,7 @@ async fn registers_with_capabilities_and_sends_the_array_form() {
         version,
         session_token,
         capabilities,
+        ..
     } = conn.recv().await
     else {
         panic!("expected RegisterInstance");
@@ -51,6 +52,10 @@ async fn registers_with_capabilities_and_sends_the_array_form() {
         assigned_id: Some(Uuid::from_u128(7)),
         current_instances: vec![],
         capabilities: None,
+        epoch: None,
+        seq: None,
+        resume_secret: None,
+        resumed: None,
     })
     .await;
     let client = connecting.await.unwrap().unwrap();
@@ -91,6 +96,7 @@ async fn both_update_forms_are_received_and_presence_is_reported() {
             source_instance_name: "bob".to_owned(),
             timestamp,
             update_data: data,
+            seq: None,
         })
         .await;
     }

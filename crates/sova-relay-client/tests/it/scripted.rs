@@ -117,6 +117,10 @@ impl Conn {
             assigned_id: Some(id),
             current_instances,
             capabilities: Some(vec!["pong".to_owned(), "presence".to_owned()]),
+            epoch: None,
+            seq: None,
+            resume_secret: None,
+            resumed: None,
         })
         .await;
         (instance_name, id)

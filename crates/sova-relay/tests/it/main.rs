@@ -11,6 +11,7 @@ mod liveness;
 mod process;
 mod registration;
 mod relaying;
+mod resume;
 mod security;
 mod shutdown;
 mod support;

@@ -17,6 +17,8 @@ async fn registration_answers_with_id_and_the_other_instances_of_the_session() {
         assigned_id,
         current_instances,
         capabilities,
+        epoch,
+        ..
     } = response
     else {
         panic!("not a RegistrationResponse");
@@ -33,6 +35,7 @@ async fn registration_answers_with_id_and_the_other_instances_of_the_session() {
         capabilities, None,
         "a client that asked for none is told of none"
     );
+    assert_eq!(epoch, None, "nor of extension fields");
 }
 
 #[tokio::test]

@@ -242,6 +242,7 @@ pub fn register_message(
         version: version.to_owned(),
         session_token: token.map(str::to_owned),
         capabilities: capabilities.map(|caps| caps.iter().map(|c| c.to_string()).collect()),
+        resume: None,
     }
 }
 
@@ -256,6 +257,7 @@ pub fn assert_broadcast(message: &Message, from: &str, timestamp: u64, data: &[u
             source_instance_name,
             timestamp: ts,
             update_data,
+            ..
         } => {
             assert_eq!(source_instance_name, from);
             assert_eq!(*ts, timestamp);
