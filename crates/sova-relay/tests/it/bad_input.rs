@@ -36,6 +36,27 @@ fn body_frame(body: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// `{variant: [[[…nil…]]]}` nested far beyond any real message.
+fn deeply_nested(variant: &str) -> Vec<u8> {
+    let mut body = vec![0x81];
+    body.extend(msgpack_str(variant));
+    body.extend(std::iter::repeat_n(0x91, 10_000));
+    body.push(0xc0);
+    body
+}
+
+impl Bystanders {
+    /// Both bystanders hear that one instance left.
+    async fn hear_departure(&mut self) {
+        for peer in [&mut self.alice, &mut self.bob] {
+            assert!(matches!(
+                peer.recv().await,
+                Message::InstanceDisconnected { .. }
+            ));
+        }
+    }
+}
+
 fn msgpack_str(s: &str) -> Vec<u8> {
     let mut out = vec![0xa0 | s.len() as u8];
     out.extend(s.as_bytes());
@@ -46,10 +67,7 @@ fn msgpack_str(s: &str) -> Vec<u8> {
 async fn garbage_before_registration_gets_an_error_and_a_close() {
     let relay = TestServer::start().await;
     let mut jam = Bystanders::join(&relay).await;
-    let mut deep = vec![0x81];
-    deep.extend(msgpack_str("RegisterInstance"));
-    deep.extend(std::iter::repeat_n(0x91, 10_000));
-    deep.push(0xc0);
+    let deep = deeply_nested("RegisterInstance");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "random bytes",
@@ -142,12 +160,7 @@ async fn truncated_frames_and_abrupt_closes_are_harmless() {
     });
     registered.send_raw(&update[..60]).await;
     drop(registered);
-    for peer in [&mut jam.alice, &mut jam.bob] {
-        assert!(matches!(
-            peer.recv().await,
-            Message::InstanceDisconnected { .. }
-        ));
-    }
+    jam.hear_departure().await;
     jam.still_jamming().await;
 }
 
@@ -156,10 +169,7 @@ async fn bad_messages_after_registration_get_an_error_and_the_connection_carries
     let relay = TestServer::start().await;
     let mut jam = Bystanders::join(&relay).await;
     let mut eve = relay.client_in("eve", "elsewhere").await;
-    let mut deep = vec![0x81];
-    deep.extend(msgpack_str("Ping"));
-    deep.extend(std::iter::repeat_n(0x91, 10_000));
-    deep.push(0xc0);
+    let deep = deeply_nested("Ping");
     let mut non_utf8 = vec![0x81];
     non_utf8.extend(msgpack_str("Ping"));
     non_utf8.extend([0x81, 0xa2, 0xff, 0xfe, 0x01]);
@@ -259,12 +269,7 @@ async fn an_oversize_frame_after_registration_gets_the_protocol_error_and_a_clos
     big.expect_error("Message too large: 2097152 bytes (max: 1048576)")
         .await;
     big.expect_closed().await;
-    for peer in [&mut jam.alice, &mut jam.bob] {
-        assert!(matches!(
-            peer.recv().await,
-            Message::InstanceDisconnected { .. }
-        ));
-    }
+    jam.hear_departure().await;
     jam.still_jamming().await;
 }
 

@@ -6,7 +6,7 @@ use sova_relay_protocol::{FrameCodec, Message};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::support::{assert_broadcast, TestClient, TestServer, WAIT};
+use crate::support::{assert_broadcast, relay_in_steps, TestClient, TestServer, WAIT};
 
 #[tokio::test]
 async fn messages_over_the_rate_limit_are_not_relayed_and_the_sender_is_told_once() {
@@ -41,29 +41,12 @@ async fn a_consumer_that_never_reads_is_dropped_and_nobody_waits_for_it() {
     let mut alice = relay.client("alice").await;
     let mut bob = relay.client("bob").await;
     let stalled = relay.client("stalled").await;
-    let payload = vec![0xab; 1024];
-    let mut stalled_left = false;
-    // Alice sends in steps that Bob keeps up with, so only the stalled instance falls behind.
-    for step in 0..100u64 {
-        for i in step * 100..(step + 1) * 100 {
-            alice.update(i, &payload).await;
-        }
-        let mut received = step * 100;
-        while received < (step + 1) * 100 {
-            match bob.recv().await {
-                Message::StateBroadcast { timestamp, .. } => {
-                    assert_eq!(timestamp, received, "out of order");
-                    received += 1;
-                }
-                Message::InstanceDisconnected { instance_id, .. } => {
-                    assert_eq!(instance_id, stalled.id);
-                    stalled_left = true;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-    assert!(stalled_left, "the stalled instance was never dropped");
+    let departed = relay_in_steps(&mut alice, &mut bob, 100, &[0xab; 1024]).await;
+    assert_eq!(
+        departed,
+        ["stalled"],
+        "the stalled instance was dropped, only it"
+    );
     let seen = alice.sync().await;
     assert_eq!(
         seen,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sova_relay_protocol::Message;
 use tokio::net::TcpStream;
 
-use crate::support::{assert_broadcast, TestClient, WAIT};
+use crate::support::{assert_broadcast, relay_in_steps, TestClient, WAIT};
 
 /// A `sova-relay` process; killed if the test ends early.
 struct RelayProcess {
@@ -215,26 +215,11 @@ async fn memory_stays_bounded_while_a_consumer_never_reads() {
     let mut bob = TestClient::register(relay.addr, "bob", None).await;
     // Connected and registered, then never read from again.
     let stalled = TestClient::register(relay.addr, "stalled", None).await;
-    let payload = vec![0x5a; 1024];
-    // In steps Bob keeps up with, so only the stalled instance falls behind.
-    for step in 0..100u64 {
-        for i in step * 100..(step + 1) * 100 {
-            alice.update(i, &payload).await;
-        }
-        let mut received = step * 100;
-        while received < (step + 1) * 100 {
-            match bob.recv().await {
-                Message::StateBroadcast { timestamp, .. } => {
-                    assert_eq!(timestamp, received);
-                    received += 1;
-                }
-                Message::InstanceDisconnected { instance_name, .. } => {
-                    assert_eq!(instance_name, "stalled")
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
+    let departed = relay_in_steps(&mut alice, &mut bob, 100, &[0x5a; 1024]).await;
+    assert!(
+        departed.iter().all(|name| name == "stalled"),
+        "{departed:?}"
+    );
     let peak_kib = relay.peak_rss_kib();
     // 8 MiB of pending bytes for the stalled instance, plus the process itself.
     assert!(peak_kib < 48 * 1024, "peak RSS {peak_kib} KiB");

@@ -62,16 +62,7 @@ async fn resume(relay: &TestServer, name: &str, from: &Resumable) -> (TestClient
             secret: from.secret.clone(),
         }),
     };
-    client.send(&request).await;
-    let response = client.recv().await;
-    if let Message::RegistrationResponse {
-        assigned_id: Some(id),
-        ..
-    } = &response
-    {
-        client.id = *id;
-        client.name = name.to_owned();
-    }
+    let response = client.register_by(request).await;
     (client, response)
 }
 

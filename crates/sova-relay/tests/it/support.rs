@@ -115,8 +115,17 @@ impl TestClient {
         token: Option<&str>,
         capabilities: Option<&[&str]>,
     ) -> Message {
-        self.send(&register_message(name, "0.1.0", token, capabilities))
-            .await;
+        self.register_by(register_message(name, "0.1.0", token, capabilities))
+            .await
+    }
+
+    /// Sends this `RegisterInstance` and returns the answer, remembering the id on success.
+    pub async fn register_by(&mut self, request: Message) -> Message {
+        let Message::RegisterInstance { instance_name, .. } = &request else {
+            panic!("not a RegisterInstance: {request:?}");
+        };
+        let name = instance_name.clone();
+        self.send(&request).await;
         let response = self.recv().await;
         if let Message::RegistrationResponse {
             assigned_id: Some(id),
@@ -124,7 +133,7 @@ impl TestClient {
         } = &response
         {
             self.id = *id;
-            self.name = name.to_owned();
+            self.name = name;
         }
         response
     }
@@ -265,4 +274,33 @@ pub fn assert_broadcast(message: &Message, from: &str, timestamp: u64, data: &[u
         }
         other => panic!("expected a StateBroadcast from {from}, got {other:?}"),
     }
+}
+
+/// Alice sends `steps × 100` numbered updates of `payload`, in steps Bob keeps up with, so
+/// only an instance that never reads falls behind. Checks Bob gets every one in order;
+/// returns the names of instances whose departure Bob heard of meanwhile.
+pub async fn relay_in_steps(
+    alice: &mut TestClient,
+    bob: &mut TestClient,
+    steps: u64,
+    payload: &[u8],
+) -> Vec<String> {
+    let mut departed = Vec::new();
+    for step in 0..steps {
+        for i in step * 100..(step + 1) * 100 {
+            alice.update(i, payload).await;
+        }
+        let mut received = step * 100;
+        while received < (step + 1) * 100 {
+            match bob.recv().await {
+                Message::StateBroadcast { timestamp, .. } => {
+                    assert_eq!(timestamp, received, "out of order");
+                    received += 1;
+                }
+                Message::InstanceDisconnected { instance_name, .. } => departed.push(instance_name),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    departed
 }
