@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde::Serialize;
 
 use crate::reason::DisconnectReason;
 
-/// Totals since the relay started.
-#[derive(Debug, Default, Serialize)]
+/// Totals since the relay started, and handles to the recorder's hot-path series (looked
+/// up once here, so a message costs atomic adds rather than a registry lookup per metric).
+#[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) connections: AtomicU64,
     pub(crate) open_connections: AtomicU64,
@@ -28,6 +28,31 @@ pub(crate) struct Stats {
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) registrations_rejected: AtomicU64,
     pub(crate) client_errors: AtomicU64,
+    hot: HotSeries,
+}
+
+#[derive(Debug)]
+struct HotSeries {
+    messages_in: Counter,
+    bytes_in: Counter,
+    messages_out: Counter,
+    bytes_out: Counter,
+    broadcasts: Counter,
+    fanout_seconds: Histogram,
+}
+
+/// Series that record nothing, until [`Stats::new`] registers real ones.
+impl Default for HotSeries {
+    fn default() -> Self {
+        HotSeries {
+            messages_in: Counter::noop(),
+            bytes_in: Counter::noop(),
+            messages_out: Counter::noop(),
+            bytes_out: Counter::noop(),
+            broadcasts: Counter::noop(),
+            fanout_seconds: Histogram::noop(),
+        }
+    }
 }
 
 fn bump(total: &AtomicU64, by: u64) {
@@ -35,6 +60,22 @@ fn bump(total: &AtomicU64, by: u64) {
 }
 
 impl Stats {
+    /// Installs the Prometheus recorder if needed, then registers the hot-path series.
+    pub(crate) fn new() -> Self {
+        prometheus();
+        Stats {
+            hot: HotSeries {
+                messages_in: counter!("sova_relay_messages_in_total"),
+                bytes_in: counter!("sova_relay_bytes_in_total"),
+                messages_out: counter!("sova_relay_messages_out_total"),
+                bytes_out: counter!("sova_relay_bytes_out_total"),
+                broadcasts: counter!("sova_relay_broadcasts_total"),
+                fanout_seconds: histogram!("sova_relay_fanout_seconds"),
+            },
+            ..Stats::default()
+        }
+    }
+
     /// A connection was accepted and identified as `transport` (`tcp`, `http`, `websocket`).
     pub(crate) fn connection_opened(&self, transport: &'static str) -> OpenConnection<'_> {
         bump(&self.connections, 1);
@@ -77,8 +118,8 @@ impl Stats {
     pub(crate) fn message_in(&self, bytes: usize) {
         bump(&self.messages_in, 1);
         bump(&self.bytes_in, bytes as u64);
-        counter!("sova_relay_messages_in_total").increment(1);
-        counter!("sova_relay_bytes_in_total").increment(bytes as u64);
+        self.hot.messages_in.increment(1);
+        self.hot.bytes_in.increment(bytes as u64);
     }
 
     /// An update was queued for `recipients` instances, `frame_len` bytes each, `elapsed`
@@ -88,10 +129,10 @@ impl Stats {
         bump(&self.broadcasts, 1);
         bump(&self.messages_out, recipients as u64);
         bump(&self.bytes_out, bytes);
-        counter!("sova_relay_broadcasts_total").increment(1);
-        counter!("sova_relay_messages_out_total").increment(recipients as u64);
-        counter!("sova_relay_bytes_out_total").increment(bytes);
-        histogram!("sova_relay_fanout_seconds").record(elapsed.as_secs_f64());
+        self.hot.broadcasts.increment(1);
+        self.hot.messages_out.increment(recipients as u64);
+        self.hot.bytes_out.increment(bytes);
+        self.hot.fanout_seconds.record(elapsed.as_secs_f64());
     }
 
     /// A message was dropped for exceeding the rate limit.

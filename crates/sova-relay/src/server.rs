@@ -79,7 +79,7 @@ impl Shared {
             tokens,
             audit: Audit::open(config.audit_log.as_deref())?,
             config,
-            stats: Stats::default(),
+            stats: Stats::new(),
             started_at: SystemTime::now(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
