@@ -39,7 +39,7 @@ enum Command {
 /// Where the relay is.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Relay address, HOST:PORT.
+    /// Relay address: HOST:PORT (TCP) or ws://HOST:PORT/ws (WebSocket).
     #[arg(long, env = "SOVA_RELAY_ADDR", hide_env_values = true)]
     pub addr: String,
 }

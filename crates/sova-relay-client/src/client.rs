@@ -46,7 +46,8 @@ pub struct RelaySender {
 }
 
 impl RelayClient {
-    /// Connects to `address` (`HOST:PORT`) and registers; fails with the relay's reason.
+    /// Connects to `address` (`HOST:PORT` or `ws://HOST:PORT/ws`, see the [crate] docs) and
+    /// registers; fails with the relay's reason.
     ///
     /// This first attempt is not retried: reconnection applies once registered.
     pub async fn connect(address: &str, config: ClientConfig) -> Result<Self, ClientError> {

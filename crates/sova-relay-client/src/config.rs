@@ -14,7 +14,8 @@ pub struct ClientConfig {
     pub session_token: Option<String>,
     /// Sova version sent at registration; must equal the relay's exactly.
     pub sova_version: String,
-    /// Limit for TCP connect plus registration, per attempt.
+    /// Limit for connecting (TCP, and the WebSocket upgrade for `ws://`) plus registration,
+    /// per attempt.
     pub connect_timeout: Duration,
     /// Limit for a `ping()` answer and for one socket write.
     pub request_timeout: Duration,

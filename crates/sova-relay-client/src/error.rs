@@ -26,7 +26,8 @@ pub enum ClientError {
     /// The instance name is not acceptable (checked before connecting).
     #[error("{0}")]
     InvalidName(String),
-    /// The address is not `HOST:PORT` (or `tcp://HOST:PORT`), or names a transport not built yet.
+    /// The address is not `HOST:PORT`, `tcp://HOST:PORT` or `ws://HOST:PORT/PATH`, or names a
+    /// transport not built yet (`tls://`, `wss://`).
     #[error("invalid relay address '{address}': {reason}")]
     InvalidAddress {
         /// The address as given.
@@ -43,6 +44,10 @@ pub enum ClientError {
     /// The relay sent bytes that are not a valid frame or message.
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The WebSocket layer failed: the upgrade was refused (e.g. a wrong path), or the
+    /// relay broke the WebSocket protocol.
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
     /// The relay answered with a message that makes no sense at this point.
     #[error("unexpected message from relay: {0}")]
     Unexpected(String),

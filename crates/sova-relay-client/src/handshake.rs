@@ -7,7 +7,7 @@ use sova_relay_protocol::{
 };
 use uuid::Uuid;
 
-use crate::transport::{Endpoint, Transport};
+use crate::transport::{Endpoint, Received, Transport};
 use crate::{ClientConfig, ClientError, Peer};
 
 /// What the relay granted.
@@ -59,13 +59,17 @@ async fn await_response(
     config: &ClientConfig,
 ) -> Result<Registration, ClientError> {
     loop {
-        let message = match transport.recv().await {
-            Some(received) => received??,
-            None => {
+        let message = match transport.recv().await? {
+            Received::Message(message) => message?,
+            Received::Closed(reason) => {
+                let text = "relay closed the connection during registration";
                 return Err(ClientError::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "relay closed the connection during registration",
-                )))
+                    match reason {
+                        Some(reason) => format!("{text}: {reason}"),
+                        None => text.to_owned(),
+                    },
+                )));
             }
         };
         match message {

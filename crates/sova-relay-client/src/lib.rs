@@ -21,6 +21,17 @@
 //! # }
 //! ```
 //!
+//! Addresses [`RelayClient::connect`] accepts:
+//!
+//! | address | transport |
+//! |---|---|
+//! | `HOST:PORT`, `tcp://HOST:PORT` | length-prefixed MessagePack frames over TCP (what Sova instances speak) |
+//! | `ws://HOST:PORT/ws` | WebSocket: one MessagePack body per binary message; the port defaults to 80, and the path is the relay's `/ws` or whatever a proxy maps to it |
+//!
+//! Both reach the same sessions: a WebSocket client and a TCP client of one session see
+//! each other's updates. `tls://` and `wss://` are recognised but not supported yet
+//! ([`ClientError::InvalidAddress`]).
+//!
 //! To send from one task and receive in another, [`RelayClient::split`] the client into a
 //! cloneable [`RelaySender`] and the [`Events`] stream.
 //!
@@ -37,6 +48,7 @@ mod handshake;
 mod state;
 mod task;
 mod transport;
+mod websocket;
 
 pub use backoff::Backoff;
 pub use client::{RelayClient, RelaySender};

@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::handshake::{register, Registration};
 use crate::state::Shared;
-use crate::transport::{Endpoint, Transport};
+use crate::transport::{Endpoint, Received, Transport};
 use crate::{ClientConfig, ClientError, Event, Peer};
 
 /// Most updates written in one flush.
@@ -126,6 +126,9 @@ impl Task {
                 }
                 Exit::Lost(reason) => {
                     warn!(%reason, "connection to relay lost");
+                    // Let go of the socket now, so that a relay still holding it learns
+                    // at once that our registration (and its name) is free.
+                    drop(transport);
                     self.connection_lost(reason);
                     if !self.config.reconnect.enabled {
                         self.finish(None).await;
@@ -174,9 +177,9 @@ impl Task {
                     None => return Exit::Stop(None),
                 },
                 received = transport.recv(), if self.backlog.is_empty() => match received {
-                    Some(Ok(message)) => self.on_message(transport, message).await,
-                    Some(Err(err)) => Err(err),
-                    None => return Exit::Lost("relay closed the connection".to_owned()),
+                    Ok(Received::Message(message)) => self.on_message(transport, message).await,
+                    Ok(Received::Closed(reason)) => return Exit::Lost(closed_by_relay(reason)),
+                    Err(err) => Err(err),
                 },
                 update = self.updates.recv() => match update {
                     Some(update) => self.write_updates(transport, update).await,
@@ -494,7 +497,8 @@ impl Task {
         }
         transport.shutdown(CLOSE_GRACE).await;
         let deadline = Instant::now() + CLOSE_GRACE;
-        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, transport.recv()).await
+        while let Ok(Ok(Received::Message(message))) =
+            tokio::time::timeout_at(deadline, transport.recv()).await
         {
             match message {
                 Ok(Message::Pong { timestamp }) => self.on_pong(timestamp),
@@ -555,6 +559,14 @@ fn deliver(backlog: &mut VecDeque<Event>, permit: Option<mpsc::Permit<'_, Event>
     match (permit, backlog.pop_front()) {
         (Some(permit), Some(event)) => permit.send(event),
         _ => backlog.clear(),
+    }
+}
+
+/// The `Disconnected` reason for a connection the relay ended, with its close reason if any.
+fn closed_by_relay(reason: Option<String>) -> String {
+    match reason {
+        Some(reason) => format!("relay closed the connection: {reason}"),
+        None => "relay closed the connection".to_owned(),
     }
 }
 

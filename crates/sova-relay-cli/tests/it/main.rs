@@ -6,6 +6,7 @@
 mod ping;
 mod send;
 mod watch;
+mod websocket;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};

@@ -1,12 +1,14 @@
 //! The client against the real relay, in process.
 
+use std::net::SocketAddr;
+
 use sova_relay_client::{ClientError, Event, RelayClient, UpdateForm};
 
 use crate::scripted::PATIENCE;
 use crate::server::{relay_config, Proxy, TestServer};
 use crate::{config, next, until};
 
-fn is_broadcast(event: &Event) -> bool {
+pub fn is_broadcast(event: &Event) -> bool {
     matches!(event, Event::Broadcast { .. })
 }
 
@@ -122,10 +124,18 @@ async fn ping_measures_and_relay_pings_give_the_clock_offset() {
 
 #[tokio::test]
 async fn queued_updates_are_sent_in_order_after_the_relay_restarts() {
+    let reason = queued_updates_survive_a_restart(|addr| addr.to_string()).await;
+    assert_eq!(reason, "relay closed the connection");
+}
+
+/// Alice reaches the relay at `address(proxy)` through a gate, bob directly over TCP; the
+/// relay restarts on its port while alice queues updates. Returns alice's `Disconnected`
+/// reason.
+pub async fn queued_updates_survive_a_restart(address: impl Fn(SocketAddr) -> String) -> String {
     let server = TestServer::start(relay_config()).await;
     let addr = server.addr;
     let proxy = Proxy::start(addr).await;
-    let mut alice = RelayClient::connect(&proxy.addr(), config("alice"))
+    let mut alice = RelayClient::connect(&address(proxy.addr), config("alice"))
         .await
         .unwrap();
     let mut bob = RelayClient::connect(&server.addr(), config("bob"))
@@ -138,7 +148,11 @@ async fn queued_updates_are_sent_in_order_after_the_relay_restarts() {
     // Alice may come back only once bob has: she must not send to an empty session.
     proxy.set_open(false);
     server.stop().await;
-    until(alice.events(), |e| matches!(e, Event::Disconnected(_))).await;
+    let Event::Disconnected(reason) =
+        until(alice.events(), |e| matches!(e, Event::Disconnected(_))).await
+    else {
+        unreachable!("until returns a match");
+    };
     for i in 0..5u8 {
         alice.send_update([i]).unwrap();
     }
@@ -159,6 +173,7 @@ async fn queued_updates_are_sent_in_order_after_the_relay_restarts() {
         );
     }
     alice.flush().await.unwrap();
+    reason
 }
 
 #[tokio::test]
