@@ -1,0 +1,242 @@
+//! `sova-relay-bench`: drives the relay, NATS and Redis with the same workload and
+//! compares latency, throughput, losses, CPU and memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use sova_relay_bench::scenario::{self, Scenario};
+use sova_relay_bench::servers::Binaries;
+use sova_relay_bench::suite::{self, SuiteOptions};
+use sova_relay_bench::{workload, Mode, Target, Workload};
+
+#[derive(Parser)]
+#[command(
+    name = "sova-relay-bench",
+    version,
+    about = "Load generator: the Sova relay against NATS and Redis"
+)]
+struct Cli {
+    /// Worker threads of the client runtime (the servers share the machine's cores).
+    #[arg(long, global = true, default_value_t = 2)]
+    client_threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One workload against one running server.
+    Run(RunArgs),
+    /// Every scenario against every server, each started on a free loopback port; prints
+    /// the comparison tables (Markdown).
+    Suite(SuiteArgs),
+    /// Lists the standard scenarios.
+    Scenarios,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// What the server at --addr is.
+    #[arg(long, value_enum, default_value = "relay-tcp")]
+    target: Target,
+    /// Server address (loopback).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    addr: SocketAddr,
+    /// Pid of the server process, for its CPU and memory (from /proc).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Standard scenario to start from (see `scenarios`); the flags below override it.
+    #[arg(long, default_value = "jam")]
+    scenario: String,
+    /// Client behaviour.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Independent groups (sessions, subjects, channels).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Clients per group.
+    #[arg(long)]
+    members: Option<usize>,
+    /// Publishers per group.
+    #[arg(long)]
+    publishers: Option<usize>,
+    /// Messages per second per publisher; 0: flat out with a bounded window.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Payload bytes per message (at least 16).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Churn mode: clients joining and leaving.
+    #[arg(long)]
+    churners: Option<usize>,
+    /// Churn mode: how long each churner stays (e.g. 200ms).
+    #[arg(long, value_parser = parse_duration)]
+    churn_stay: Option<Duration>,
+    /// Messages per publisher at most (0: only the duration bounds it).
+    #[arg(long, default_value_t = 0)]
+    max_messages: u64,
+    /// Print the report as JSON instead of one line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct SuiteArgs {
+    /// Servers, in column order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "relay-tcp,relay-ws,nats,redis"
+    )]
+    targets: Vec<Target>,
+    /// Scenarios, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "jam,burst,fanout,large,idle,many-sessions,churn"
+    )]
+    scenarios: Vec<String>,
+    /// The relay binary (default: `sova-relay` beside this program).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// The NATS server binary.
+    #[arg(long, default_value = "nats-server")]
+    nats_bin: PathBuf,
+    /// The Redis server binary.
+    #[arg(long, default_value = "redis-server")]
+    redis_bin: PathBuf,
+    /// Also write every report as JSON to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Publishing time per run (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Flat-out mode: messages per publisher in flight (sent, not yet received by all).
+    #[arg(long, default_value_t = 64)]
+    window: u64,
+    /// Version sent to the relay in RegisterInstance.
+    #[arg(long, default_value = "0.1.0")]
+    sova_version: String,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string());
+    }
+    humantime::parse_duration(text).map_err(|err| err.to_string())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.client_threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match cli.command {
+        Command::Run(args) => runtime.block_on(run(args)),
+        Command::Suite(args) => runtime.block_on(run_suite(args)),
+        Command::Scenarios => {
+            for scenario in scenario::SCENARIOS {
+                println!("{:<14} {}", scenario.name, scenario.about);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn scenario(name: &str) -> anyhow::Result<&'static Scenario> {
+    scenario::find(name)
+        .with_context(|| format!("unknown scenario '{name}' (known: {})", scenario::names()))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.addr.ip().is_loopback() {
+        bail!(
+            "the bench only drives servers on loopback addresses, not {}",
+            args.addr
+        );
+    }
+    let base = scenario(&args.scenario)?;
+    let workload = Workload {
+        scenario: args.scenario.clone(),
+        target: args.target,
+        addr: args.addr,
+        mode: args.mode.unwrap_or(base.mode),
+        groups: args.groups.unwrap_or(base.groups).max(1),
+        members: args.members.unwrap_or(base.members).max(1),
+        publishers: args.publishers.unwrap_or(base.publishers),
+        rate: args.rate.unwrap_or(base.rate).max(0.0),
+        size: args.size.unwrap_or(base.size),
+        duration: base
+            .duration
+            .filter(|_| args.common.duration == Duration::from_secs(10))
+            .unwrap_or(args.common.duration),
+        window: args.common.window,
+        max_messages: args.max_messages,
+        churners: args.churners.unwrap_or(base.churners),
+        churn_stay: args.churn_stay.unwrap_or(base.churn_stay),
+        connect_concurrency: 64,
+        drain_timeout: Duration::from_secs(5),
+        sova_version: args.common.sova_version,
+    };
+    let report = workload::run(&workload, args.server_pid).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.summary());
+        for note in &report.notes {
+            println!("  note: {note}");
+        }
+    }
+    Ok(())
+}
+
+async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|name| scenario(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let relay = match args.relay_bin {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("locating this program")?
+            .with_file_name("sova-relay"),
+    };
+    let options = SuiteOptions {
+        targets: args.targets,
+        scenarios,
+        duration: args.common.duration,
+        window: args.common.window,
+        binaries: Binaries {
+            relay,
+            nats: args.nats_bin,
+            redis: args.redis_bin,
+        },
+        sova_version: args.common.sova_version,
+    };
+    let outcomes = suite::run(&options).await;
+    if let Some(path) = &args.json_out {
+        let reports: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok())
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", suite::markdown(&outcomes, &options));
+    Ok(())
+}

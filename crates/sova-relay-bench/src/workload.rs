@@ -1,0 +1,694 @@
+//! One run: connect the clients, publish for a while, wait for every delivery owed, and
+//! measure. Three modes share the machinery: `pubsub` (groups of clients, some of which
+//! publish), `idle` (registered, silent clients: memory per connection) and `churn`
+//! (`pubsub` while extra clients join and leave all the time).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ns;
+use crate::payload::{self, Stamp};
+use crate::procfs::ProcSample;
+use crate::proto::{self, ClientSpec, Reader, Sink, Target, Writer};
+use crate::report::{Churn, Latency, Report, ServerUsage};
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Groups of clients; the first `publishers` of each group publish, all receive.
+    Pubsub,
+    /// Clients connect, register or subscribe, and stay silent.
+    Idle,
+    /// `pubsub`, while `churners` extra clients keep joining and leaving the groups.
+    Churn,
+}
+
+/// A complete description of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    /// Scenario name, for the report.
+    pub scenario: String,
+    /// The server driven.
+    pub target: Target,
+    /// Its address (loopback).
+    #[serde(skip)]
+    pub addr: SocketAddr,
+    /// What the clients do.
+    pub mode: Mode,
+    /// Independent groups (relay sessions, NATS subjects, Redis channels).
+    pub groups: usize,
+    /// Clients per group.
+    pub members: usize,
+    /// Publishing clients per group (the first ones).
+    pub publishers: usize,
+    /// Messages per second per publisher; 0: as fast as the window allows.
+    pub rate: f64,
+    /// Payload bytes per message (at least 16: the stamp).
+    pub size: usize,
+    /// How long publishers publish (idle: how long clients stay connected).
+    pub duration: Duration,
+    /// Flat-out mode: messages per publisher not yet received by all of its group.
+    pub window: u64,
+    /// Messages per publisher at most; 0: no bound but the duration.
+    pub max_messages: u64,
+    /// Churn mode: clients that keep joining and leaving.
+    pub churners: usize,
+    /// Churn mode: how long a churner stays before leaving.
+    pub churn_stay: Duration,
+    /// Connections being set up at once.
+    pub connect_concurrency: usize,
+    /// Longest wait, after publishing stops, for deliveries still owed.
+    pub drain_timeout: Duration,
+    /// Version sent to the relay.
+    pub sova_version: String,
+}
+
+impl Workload {
+    /// Clients that stay connected for the whole run.
+    pub fn clients(&self) -> usize {
+        self.groups * self.members
+    }
+
+    fn publishers_per_group(&self) -> usize {
+        match self.mode {
+            Mode::Idle => 0,
+            Mode::Pubsub | Mode::Churn => self.publishers.min(self.members),
+        }
+    }
+}
+
+/// Per-publisher counters, on their own cache line: receivers bump them from every core.
+#[repr(align(64))]
+struct PublisherState {
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    /// Deliveries each message owes: the other members of the group.
+    recipients: u64,
+    /// Flat-out mode: the publisher waits for in-flight deliveries to fall to this.
+    low_water: u64,
+    waiting: AtomicBool,
+    wake: Notify,
+}
+
+impl PublisherState {
+    fn delivered_one(&self) {
+        let delivered = self.delivered.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.waiting.load(Ordering::SeqCst) {
+            let owed = self.sent.load(Ordering::SeqCst) * self.recipients;
+            if owed.saturating_sub(delivered) <= self.low_water {
+                self.waiting.store(false, Ordering::SeqCst);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        let owed = self.sent.load(Ordering::SeqCst) * self.recipients;
+        owed.saturating_sub(self.delivered.load(Ordering::SeqCst))
+    }
+}
+
+/// What every task of a run shares.
+struct Shared {
+    publishers: Vec<PublisherState>,
+    latency: Mutex<Histogram<u64>>,
+    /// Rate mode: how late each send was against its schedule (client overload shows here).
+    send_lag: Mutex<Histogram<u64>>,
+    payload_len: usize,
+    server_errors: AtomicU64,
+    malformed: AtomicU64,
+    closed_early: AtomicU64,
+    stalled: AtomicU64,
+    notes: Mutex<Vec<String>>,
+    /// Cancelled at the end: readers flush what they hold and stop.
+    stop: CancellationToken,
+}
+
+/// Notes kept per run, at most.
+const MAX_NOTES: usize = 8;
+/// Latencies a reader buffers before taking the histogram's lock.
+const LATENCY_BATCH: usize = 512;
+/// A flat-out publisher whose window has not moved for this long gives up.
+const STALL_LIMIT: Duration = Duration::from_secs(3);
+
+impl Shared {
+    fn note(&self, text: String) {
+        let mut notes = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        if notes.len() < MAX_NOTES && !notes.contains(&text) {
+            notes.push(text);
+        }
+    }
+
+    fn record(&self, latencies: &mut Vec<u64>) {
+        if latencies.is_empty() {
+            return;
+        }
+        let mut histogram = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        for &ns in latencies.iter() {
+            histogram.saturating_record(ns.max(1));
+        }
+        latencies.clear();
+    }
+
+    fn delivered(&self) -> u64 {
+        self.publishers
+            .iter()
+            .map(|p| p.delivered.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    fn expected(&self) -> u64 {
+        self.publishers
+            .iter()
+            .map(|p| p.sent.load(Ordering::SeqCst) * p.recipients)
+            .sum()
+    }
+}
+
+/// One client's receiving end: counts deliveries, collects latencies.
+struct Receiver<'a> {
+    shared: &'a Shared,
+    /// This client's own publisher index: its own messages (Redis echoes them) are skipped.
+    me: Option<u32>,
+    /// Churners receive but do not count.
+    counted: bool,
+    latencies: Vec<u64>,
+}
+
+impl Sink for Receiver<'_> {
+    fn payload(&mut self, payload: &[u8]) {
+        let stamp = match Stamp::read(payload) {
+            Some(stamp) if payload.len() == self.shared.payload_len => stamp,
+            _ => return self.malformed(),
+        };
+        if !self.counted || Some(stamp.publisher) == self.me {
+            return;
+        }
+        let Some(publisher) = self.shared.publishers.get(stamp.publisher as usize) else {
+            return self.malformed();
+        };
+        self.latencies.push(now_ns().saturating_sub(stamp.sent_ns));
+        publisher.delivered_one();
+        if self.latencies.len() >= LATENCY_BATCH {
+            self.shared.record(&mut self.latencies);
+        }
+    }
+
+    fn server_error(&mut self, text: &str) {
+        self.shared.server_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.note(format!("server error: {text}"));
+    }
+
+    fn malformed(&mut self) {
+        self.shared.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn receive(mut reader: Reader, shared: Arc<Shared>, me: Option<u32>) {
+    let mut receiver = Receiver {
+        shared: &shared,
+        me,
+        counted: true,
+        latencies: Vec::new(),
+    };
+    // One registration with the shared token for the reader's life, not one per read.
+    let stop = shared.stop.cancelled();
+    tokio::pin!(stop);
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            outcome = reader.read(&mut receiver) => outcome,
+        };
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => {
+                shared.closed_early.fetch_add(1, Ordering::Relaxed);
+                shared.note("a connection was closed by the server".to_owned());
+                break;
+            }
+            Err(err) => {
+                shared.closed_early.fetch_add(1, Ordering::Relaxed);
+                shared.note(format!("read failed: {err}"));
+                break;
+            }
+        }
+    }
+    shared.record(&mut receiver.latencies);
+}
+
+/// When and how much one publisher sends.
+#[derive(Clone, Copy)]
+struct Plan {
+    start: Instant,
+    end: Instant,
+    rate: f64,
+    window: u64,
+    max_messages: u64,
+}
+
+async fn publish(mut writer: Writer, index: u32, shared: Arc<Shared>, plan: Plan) -> Writer {
+    let state = &shared.publishers[index as usize];
+    let result = if plan.rate > 0.0 {
+        publish_at_rate(&mut writer, index, state, &shared, plan).await
+    } else {
+        publish_flat_out(&mut writer, index, state, &shared, plan).await
+    };
+    if let Err(err) = result {
+        shared.note(format!("publish failed: {err}"));
+    }
+    writer
+}
+
+async fn send(
+    writer: &mut Writer,
+    index: u32,
+    state: &PublisherState,
+    seq: u64,
+) -> std::io::Result<()> {
+    let stamp = Stamp {
+        sent_ns: now_ns(),
+        publisher: index,
+        seq: seq as u32,
+    };
+    writer.publish(stamp).await?;
+    state.sent.store(seq + 1, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn publish_at_rate(
+    writer: &mut Writer,
+    index: u32,
+    state: &PublisherState,
+    shared: &Shared,
+    plan: Plan,
+) -> std::io::Result<()> {
+    let period = Duration::from_secs_f64(1.0 / plan.rate);
+    // Spread publishers over the period (golden-ratio phases) so they do not fire together.
+    let phase = (f64::from(index) * 0.618_033_988_75).fract();
+    let mut next = plan.start + period.mul_f64(phase);
+    let mut seq = 0;
+    while next < plan.end && (plan.max_messages == 0 || seq < plan.max_messages) {
+        tokio::time::sleep_until(next).await;
+        let lag = Instant::now().saturating_duration_since(next);
+        shared
+            .send_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saturating_record(u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX).max(1));
+        send(writer, index, state, seq).await?;
+        seq += 1;
+        next += period;
+    }
+    Ok(())
+}
+
+async fn publish_flat_out(
+    writer: &mut Writer,
+    index: u32,
+    state: &PublisherState,
+    shared: &Shared,
+    plan: Plan,
+) -> std::io::Result<()> {
+    tokio::time::sleep_until(plan.start).await;
+    let high_water = plan.window.max(1) * state.recipients;
+    let mut seq = 0;
+    let mut progress_at = (Instant::now(), state.delivered.load(Ordering::SeqCst));
+    while Instant::now() < plan.end && (plan.max_messages == 0 || seq < plan.max_messages) {
+        if state.in_flight() < high_water {
+            send(writer, index, state, seq).await?;
+            seq += 1;
+            continue;
+        }
+        state.waiting.store(true, Ordering::SeqCst);
+        if state.in_flight() > state.low_water {
+            let wait = plan
+                .end
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
+            let _ = tokio::time::timeout(wait, state.wake.notified()).await;
+        }
+        state.waiting.store(false, Ordering::SeqCst);
+        let delivered = state.delivered.load(Ordering::SeqCst);
+        if delivered != progress_at.1 {
+            progress_at = (Instant::now(), delivered);
+        } else if progress_at.0.elapsed() > STALL_LIMIT {
+            shared.stalled.fetch_add(1, Ordering::Relaxed);
+            shared.note(format!(
+                "publisher {index} stalled: nothing delivered for {STALL_LIMIT:?}"
+            ));
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Connects every client of `workload`, at most `connect_concurrency` at a time.
+async fn connect_all(
+    workload: &Workload,
+    payload: &Arc<Vec<u8>>,
+) -> anyhow::Result<Vec<(Reader, Writer)>> {
+    let limit = Arc::new(Semaphore::new(workload.connect_concurrency.max(1)));
+    let publishers = workload.publishers_per_group();
+    let mut tasks = JoinSet::new();
+    for client in 0..workload.clients() {
+        let (group, member) = (client / workload.members, client % workload.members);
+        let limit = limit.clone();
+        let payload = payload.clone();
+        let (target, addr, version) = (
+            workload.target,
+            workload.addr,
+            workload.sova_version.clone(),
+        );
+        // A broker client subscribes when somebody else in its group publishes (or, idle,
+        // always); a lone publisher does not, so Redis does not echo to it.
+        let subscribe = !(publishers == 1 && member == 0);
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let spec = ClientSpec {
+                name: &format!("g{group}-m{member}"),
+                group: &format!("g{group}"),
+                subscribe,
+                payload: &payload,
+                sova_version: &version,
+            };
+            let connected = proto::connect(target, addr, &spec).await;
+            (
+                client,
+                connected.with_context(|| format!("client g{group}-m{member}")),
+            )
+        });
+    }
+    let mut clients: Vec<Option<(Reader, Writer)>> =
+        (0..workload.clients()).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (client, connected) = joined.context("connect task panicked")?;
+        clients[client] = Some(connected?);
+    }
+    Ok(clients.into_iter().flatten().collect())
+}
+
+/// Runs `workload`; `server_pid` adds the server's CPU and memory to the report.
+pub async fn run(workload: &Workload, server_pid: Option<u32>) -> anyhow::Result<Report> {
+    let _ = now_ns();
+    let payload = Arc::new(payload::template(workload.size));
+    let per_group = workload.publishers_per_group();
+    let recipients = workload.members.saturating_sub(1) as u64;
+    let shared = Arc::new(Shared {
+        publishers: (0..workload.groups * per_group)
+            .map(|_| PublisherState {
+                sent: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                recipients,
+                low_water: workload.window.max(1) * recipients / 2,
+                waiting: AtomicBool::new(false),
+                wake: Notify::new(),
+            })
+            .collect(),
+        latency: Mutex::new(
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).context("latency histogram")?,
+        ),
+        send_lag: Mutex::new(
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).context("send lag histogram")?,
+        ),
+        payload_len: payload.len(),
+        server_errors: AtomicU64::new(0),
+        malformed: AtomicU64::new(0),
+        closed_early: AtomicU64::new(0),
+        stalled: AtomicU64::new(0),
+        notes: Mutex::new(Vec::new()),
+        stop: CancellationToken::new(),
+    });
+    let sample = || server_pid.map(ProcSample::read).transpose();
+    let baseline = sample().context("reading the server's /proc")?;
+    let connect_started = Instant::now();
+    let clients = connect_all(workload, &payload).await?;
+    let connect_time = connect_started.elapsed();
+    let mut readers = JoinSet::new();
+    let mut writers = Vec::with_capacity(clients.len());
+    for (client, (reader, writer)) in clients.into_iter().enumerate() {
+        let (group, member) = (client / workload.members, client % workload.members);
+        let me = (member < per_group).then(|| (group * per_group + member) as u32);
+        readers.spawn(receive(reader, shared.clone(), me));
+        writers.push(Some(writer));
+    }
+    if workload.mode == Mode::Idle {
+        // Let the server finish what registration started before reading its memory.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let connected = sample()?;
+
+    let start = Instant::now() + Duration::from_millis(50);
+    let end = start + workload.duration;
+    let plan = Plan {
+        start,
+        end,
+        rate: workload.rate,
+        window: workload.window,
+        max_messages: workload.max_messages,
+    };
+    let mut publishing = JoinSet::new();
+    for (client, writer) in writers.iter_mut().enumerate() {
+        let (group, member) = (client / workload.members, client % workload.members);
+        if member < per_group {
+            if let Some(writer) = writer.take() {
+                let index = (group * per_group + member) as u32;
+                let shared = shared.clone();
+                publishing
+                    .spawn(async move { (client, publish(writer, index, shared, plan).await) });
+            }
+        }
+    }
+    let churn = if workload.mode == Mode::Churn {
+        Some(spawn_churners(workload, &payload, &shared, end))
+    } else {
+        None
+    };
+    if workload.mode == Mode::Idle {
+        tokio::time::sleep_until(end).await;
+    }
+    while let Some(done) = publishing.join_next().await {
+        let (client, writer) = done.context("publisher panicked")?;
+        writers[client] = Some(writer);
+    }
+    let published = start
+        .elapsed()
+        .min(workload.duration.max(Duration::from_millis(1)));
+    let churn = match churn {
+        Some(churners) => Some(churners.finish(start).await),
+        None => None,
+    };
+    // Wait for every delivery owed, or the drain timeout.
+    let drain_until = Instant::now() + workload.drain_timeout;
+    while shared.delivered() < shared.expected() && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let finished = sample()?;
+
+    shared.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while readers.join_next().await.is_some() {}
+    })
+    .await;
+    readers.abort_all();
+    drop(writers);
+
+    let measured = match workload.mode {
+        Mode::Idle => (baseline, connected),
+        Mode::Pubsub | Mode::Churn => (connected, finished),
+    };
+    Ok(build_report(
+        workload,
+        &shared,
+        published,
+        connect_time,
+        (baseline, connected, measured.0, measured.1),
+        churn,
+    ))
+}
+
+type Samples = (
+    Option<ProcSample>,
+    Option<ProcSample>,
+    Option<ProcSample>,
+    Option<ProcSample>,
+);
+
+fn build_report(
+    workload: &Workload,
+    shared: &Shared,
+    published: Duration,
+    connect_time: Duration,
+    (baseline, connected, from, to): Samples,
+    churn: Option<Churn>,
+) -> Report {
+    let delivered = shared.delivered();
+    let expected = shared.expected();
+    let sent = shared
+        .publishers
+        .iter()
+        .map(|p| p.sent.load(Ordering::SeqCst))
+        .sum();
+    let latency_us = percentiles(&shared.latency.lock().unwrap_or_else(|p| p.into_inner()));
+    let send_lag_us = percentiles(&shared.send_lag.lock().unwrap_or_else(|p| p.into_inner()));
+    let clients = workload.clients();
+    let server = match (baseline, connected, from, to) {
+        (Some(baseline), Some(connected), Some(from), Some(to)) => {
+            let cpu_s = from.cpu_seconds_until(&to);
+            Some(ServerUsage {
+                cpu_s,
+                cpu_us_per_delivery: (delivered > 0).then(|| cpu_s * 1e6 / delivered as f64),
+                peak_rss_kib: to.peak_rss_kib,
+                baseline_rss_kib: baseline.rss_kib,
+                connected_rss_kib: connected.rss_kib,
+                per_connection_kib: connected.rss_kib.saturating_sub(baseline.rss_kib) as f64
+                    / clients.max(1) as f64,
+            })
+        }
+        _ => None,
+    };
+    let mut notes = shared
+        .notes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    notes.push(format!(
+        "{clients} clients connected in {:.2}s",
+        connect_time.as_secs_f64()
+    ));
+    Report {
+        scenario: workload.scenario.clone(),
+        target: workload.target,
+        clients,
+        publishers: workload.groups * workload.publishers_per_group(),
+        rate: workload.rate,
+        size: shared.payload_len,
+        duration_s: published.as_secs_f64(),
+        sent,
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        deliveries_per_s: delivered as f64 / published.as_secs_f64().max(1e-9),
+        latency_us,
+        send_lag_us,
+        server,
+        server_errors: shared.server_errors.load(Ordering::Relaxed),
+        malformed: shared.malformed.load(Ordering::Relaxed),
+        closed_early: shared.closed_early.load(Ordering::Relaxed),
+        stalled_publishers: shared.stalled.load(Ordering::Relaxed),
+        churn,
+        notes,
+    }
+}
+
+/// Percentiles of a histogram of nanoseconds, in microseconds.
+fn percentiles(histogram: &Histogram<u64>) -> Option<Latency> {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    (!histogram.is_empty()).then(|| Latency {
+        p50: us(histogram.value_at_quantile(0.50)),
+        p90: us(histogram.value_at_quantile(0.90)),
+        p99: us(histogram.value_at_quantile(0.99)),
+        p999: us(histogram.value_at_quantile(0.999)),
+        max: us(histogram.max()),
+        mean: histogram.mean() / 1000.0,
+    })
+}
+
+/// Clients that join a group, stay `churn_stay`, leave, and start over until the end.
+struct Churners {
+    tasks: JoinSet<()>,
+    joins: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl Churners {
+    async fn finish(mut self, start: Instant) -> Churn {
+        while self.tasks.join_next().await.is_some() {}
+        let joins = self.joins.load(Ordering::Relaxed);
+        Churn {
+            joins,
+            failed: self.failed.load(Ordering::Relaxed),
+            joins_per_s: joins as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        }
+    }
+}
+
+fn spawn_churners(
+    workload: &Workload,
+    payload: &Arc<Vec<u8>>,
+    shared: &Arc<Shared>,
+    end: Instant,
+) -> Churners {
+    let joins = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for churner in 0..workload.churners {
+        let (joins, failed, shared, payload) = (
+            joins.clone(),
+            failed.clone(),
+            shared.clone(),
+            payload.clone(),
+        );
+        let (target, addr, version) = (
+            workload.target,
+            workload.addr,
+            workload.sova_version.clone(),
+        );
+        let group = churner % workload.groups.max(1);
+        let stay = workload.churn_stay;
+        tasks.spawn(async move {
+            let mut round = 0u64;
+            while Instant::now() < end {
+                let spec = ClientSpec {
+                    name: &format!("churn{churner}-{round}"),
+                    group: &format!("g{group}"),
+                    subscribe: true,
+                    payload: &payload,
+                    sova_version: &version,
+                };
+                round += 1;
+                match proto::connect(target, addr, &spec).await {
+                    Ok((mut reader, writer)) => {
+                        joins.fetch_add(1, Ordering::Relaxed);
+                        let mut discard = Receiver {
+                            shared: &shared,
+                            me: None,
+                            counted: false,
+                            latencies: Vec::new(),
+                        };
+                        let leave = tokio::time::sleep(stay.min(end.saturating_duration_since(Instant::now())));
+                        tokio::pin!(leave);
+                        loop {
+                            tokio::select! {
+                                _ = &mut leave => break,
+                                read = reader.read(&mut discard) => if !matches!(read, Ok(true)) { break },
+                            }
+                        }
+                        drop((reader, writer));
+                    }
+                    Err(err) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        shared.note(format!("churn join failed: {err}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    Churners {
+        tasks,
+        joins,
+        failed,
+    }
+}
