@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beyond a Rust toolchain: Debian's `chromium`, for the
-# status-page browser test (crates/sova-relay/tests/it/browser.rs). Idempotent: does nothing
-# when `chromium` is already on PATH. Runs as root, or through sudo when that is available.
+# Installs what the test suite needs beyond a Rust toolchain, from Debian's packages:
+# `chromium` for the status-page browser test (crates/sova-relay/tests/it/browser.rs);
+# `iproute2` and `iptables` for the network-fault tests (crates/sova-relay/tests/netfaults.rs:
+# network namespaces, veth, NFQUEUE). Idempotent: does nothing when every command is already
+# there. Runs as root, or through sudo when that is available.
 set -euo pipefail
 
-if command -v chromium >/dev/null 2>&1; then
-    echo "install-test-deps: chromium already installed ($(command -v chromium))"
+# What the tests run, and the Debian package that provides it.
+needed=(
+    "chromium chromium"
+    "ip iproute2"
+    "iptables iptables"
+)
+
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+missing=()
+for entry in "${needed[@]}"; do
+    read -r command package <<<"$entry"
+    have "$command" || missing+=("$package")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-test-deps: chromium, ip and iptables already installed ($(command -v chromium))"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; put a 'chromium' binary on PATH by hand" >&2
+    echo "install-test-deps: no apt-get here; install ${missing[*]} by hand" >&2
     exit 1
 fi
 
@@ -20,18 +38,21 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1; then
     as_root=(sudo env)
 else
-    echo "install-test-deps: chromium is missing, and this is neither root nor has sudo;" >&2
-    echo "install-test-deps: install Debian's 'chromium' package by hand" >&2
+    echo "install-test-deps: ${missing[*]} missing, and this is neither root nor has sudo;" >&2
+    echo "install-test-deps: install Debian's ${missing[*]} by hand" >&2
     exit 1
 fi
 
-echo "install-test-deps: installing chromium with apt-get"
+echo "install-test-deps: installing ${missing[*]} with apt-get"
 "${as_root[@]}" DEBIAN_FRONTEND=noninteractive apt-get update -qq
 "${as_root[@]}" DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
-if ! command -v chromium >/dev/null 2>&1; then
-    echo "install-test-deps: apt-get finished but chromium is not on PATH" >&2
-    exit 1
-fi
+for entry in "${needed[@]}"; do
+    read -r command package <<<"$entry"
+    if ! have "$command"; then
+        echo "install-test-deps: apt-get finished but $command ($package) is not on PATH" >&2
+        exit 1
+    fi
+done
 echo "install-test-deps: $(chromium --version 2>/dev/null || echo chromium installed)"
