@@ -1,15 +1,26 @@
-//! Command-line and environment configuration, with the defaults in one place.
+//! Command-line, environment and configuration-file settings, with the defaults in one
+//! place. Precedence: command line > environment (`SOVA_*`) > file (`--config`) > default.
 
+mod file;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Parser};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
+use toml::Value;
+
+use file::{file_error, ConfigFile};
 
 /// Everything the relay can be told at start-up. Every option also reads a `SOVA_*`
-/// environment variable; a command-line flag wins over the variable.
+/// environment variable and a key of the `--config` file; a command-line flag wins over
+/// the variable, which wins over the file.
 #[derive(Clone, Parser)]
 #[command(
     name = "sova-relay",
@@ -18,7 +29,10 @@ use ipnet::IpNet;
     long_about = "Relay server for remote collaboration between Sova instances.\n\n\
         Sova instances connect over TCP, register with a name and their Sova version, and \
         every state update one of them sends is relayed to the other instances of its \
-        session.\n\nDurations take a number of seconds, or a number with a unit: 500ms, 10s, 5m."
+        session.\n\nEvery option can also be set by its environment variable, or in the TOML \
+        file given by --config (keys are the flags' names with `_`: max_instances = 50). \
+        The command line wins over the environment, which wins over the file.\n\n\
+        Durations take a number of seconds, or a number with a unit: 500ms, 10s, 5m."
 )]
 pub struct Config {
     /// IP address to bind to.
@@ -220,6 +234,382 @@ impl Default for Config {
     }
 }
 
+/// The id of `--config`, the one option that is not a field of [`Config`].
+const CONFIG_ID: &str = "config";
+
+/// What `config print` shows instead of a secret's value.
+const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// The relay's configuration from this process's command line, environment and
+    /// `--config` file (command line > environment > file > default).
+    ///
+    /// The error is a usage error: `err.exit()` prints it and exits with code 2 (0 for
+    /// `--help` and `--version`).
+    pub fn load() -> Result<Config, clap::Error> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// [`Config::load`] from the given arguments (the first is the program's name) and
+    /// this process's environment.
+    pub fn load_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Ok(Resolved::from_args(&command(), args)?.config)
+    }
+
+    /// What `sova-relay config print` shows: the configuration these arguments and this
+    /// environment give, as TOML that can serve as a `--config` file, each value with where
+    /// it came from; secrets are shown as `"<redacted>"`.
+    pub fn describe_from<I, T>(args: I) -> Result<String, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let resolved = Resolved::from_args(&command(), args)?;
+        let mut text = format!(
+            "# sova-relay {}: effective configuration (command line > environment > file > default)\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(path) = &resolved.file {
+            let _ = writeln!(text, "# file: {}", path.display());
+        }
+        text.push_str(&resolved.config.render(Some(&resolved.origins)));
+        Ok(text)
+    }
+
+    /// What `sova-relay config check` does: reads `path` on its own (no command line, no
+    /// environment), checks every key and value and the options that go together, and
+    /// loads the TLS certificate and key and the tokens file it names.
+    pub fn check_file(path: &Path) -> Result<Config, clap::Error> {
+        let cmd = command().mut_args(|arg| arg.env(None::<&str>));
+        let args = [OsString::from("sova-relay"), "--config".into(), path.into()];
+        let config = Resolved::from_args(&cmd, args)?.config;
+        config
+            .load_files()
+            .map_err(|err| file_error(format!("{}: {err:#}", path.display())))?;
+        Ok(config)
+    }
+
+    /// This configuration as a `--config` file, secrets shown as `"<redacted>"`.
+    pub fn to_toml(&self) -> String {
+        self.render(None)
+    }
+
+    /// Loads the files the relay reads at start-up, as it would.
+    fn load_files(&self) -> anyhow::Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            crate::tls::Tls::load(cert, key)?;
+        }
+        if let Some(tokens) = &self.tokens_file {
+            crate::tokens::Tokens::load(tokens)?;
+        }
+        Ok(())
+    }
+
+    /// One `key = value` line per option, in the order of `--help`.
+    fn render(&self, origins: Option<&HashMap<String, Origin>>) -> String {
+        let values: HashMap<&str, Option<Value>> = self.values().into_iter().collect();
+        let mut text = String::new();
+        for arg in file::keys(&command()) {
+            let key = arg.get_id().as_str();
+            let line = match values.get(key) {
+                Some(Some(_)) if arg.is_hide_env_values_set() => {
+                    format!("{key} = \"{REDACTED}\"")
+                }
+                Some(Some(value)) => format!("{key} = {value}"),
+                Some(None) => format!("# {key} is not set"),
+                None => format!("# {key}: not shown"),
+            };
+            match origins.and_then(|origins| origins.get(key)) {
+                Some(origin) => {
+                    let _ = writeln!(text, "{line:<44} # {origin}");
+                }
+                None => {
+                    let _ = writeln!(text, "{line}");
+                }
+            }
+        }
+        text
+    }
+
+    /// Every option's value as TOML (`None`: not set).
+    fn values(&self) -> Vec<(&'static str, Option<Value>)> {
+        let path = |path: &Option<PathBuf>| {
+            path.as_ref()
+                .map(|path| Value::String(path.display().to_string()))
+        };
+        let nets = |nets: &[IpNet]| {
+            let nets = nets.iter().map(|net| Value::String(net.to_string()));
+            Some(Value::Array(nets.collect()))
+        };
+        vec![
+            ("host", Some(Value::String(self.host.to_string()))),
+            ("port", Some(integer(self.port))),
+            ("max_instances", Some(integer(self.max_instances))),
+            ("rate_limit", Some(integer(self.rate_limit))),
+            ("log_level", Some(Value::String(self.log_level.clone()))),
+            ("max_message_size", Some(integer(self.max_message_size))),
+            ("max_pending_bytes", Some(integer(self.max_pending_bytes))),
+            ("write_timeout", Some(duration_value(self.write_timeout))),
+            (
+                "handshake_timeout",
+                Some(duration_value(self.handshake_timeout)),
+            ),
+            (
+                "shutdown_timeout",
+                Some(duration_value(self.shutdown_timeout)),
+            ),
+            (
+                "sova_version",
+                Some(Value::String(self.sova_version.clone())),
+            ),
+            ("ping_interval", Some(duration_value(self.ping_interval))),
+            ("http", Some(Value::Boolean(self.http))),
+            ("admin_token", self.admin_token.clone().map(Value::String)),
+            (
+                "show_session_names",
+                Some(Value::Boolean(self.show_session_names)),
+            ),
+            ("tls_cert", path(&self.tls_cert)),
+            ("tls_key", path(&self.tls_key)),
+            ("tls_required", Some(Value::Boolean(self.tls_required))),
+            ("tokens_file", path(&self.tokens_file)),
+            ("allow", nets(&self.allow)),
+            ("deny", nets(&self.deny)),
+            ("max_connections", Some(integer(self.max_connections))),
+            (
+                "max_connections_per_ip",
+                Some(integer(self.max_connections_per_ip)),
+            ),
+            (
+                "connection_rate_per_ip",
+                Some(integer(self.connection_rate_per_ip)),
+            ),
+            (
+                "max_failed_registrations",
+                Some(integer(self.max_failed_registrations)),
+            ),
+            ("lockout", Some(duration_value(self.lockout))),
+            ("audit_log", path(&self.audit_log)),
+            (
+                "history_max_updates",
+                Some(integer(self.history_max_updates)),
+            ),
+            ("history_max_bytes", Some(integer(self.history_max_bytes))),
+            (
+                "history_max_age",
+                Some(duration_value(self.history_max_age)),
+            ),
+            ("max_snapshot_bytes", Some(integer(self.max_snapshot_bytes))),
+            ("max_missed_pongs", Some(integer(self.max_missed_pongs))),
+            ("tcp_keepalive", Some(duration_value(self.tcp_keepalive))),
+            (
+                "tcp_keepalive_interval",
+                Some(duration_value(self.tcp_keepalive_interval)),
+            ),
+            (
+                "tcp_keepalive_retries",
+                Some(integer(self.tcp_keepalive_retries)),
+            ),
+            (
+                "tcp_user_timeout",
+                Some(duration_value(self.tcp_user_timeout)),
+            ),
+        ]
+    }
+}
+
+/// The relay's command line: [`Config`]'s flags and `--config`.
+fn command() -> clap::Command {
+    <Config as CommandFactory>::command()
+        .arg(
+            Arg::new(CONFIG_ID)
+                .long("config")
+                .env("SOVA_CONFIG")
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .display_order(0)
+                .help(
+                    "TOML file setting any option below (keys are the flags' names with `_`: \
+                     max_instances = 50); flags and environment variables win over it",
+                ),
+        )
+        .after_help(
+            "Other commands:\n  \
+             sova-relay healthcheck [--addr HOST:PORT]  exit 0 when a relay answers /healthz\n  \
+             sova-relay config print [FLAGS]            the effective configuration, as TOML\n  \
+             sova-relay config check PATH               validate a configuration file",
+        )
+}
+
+/// Where an option's value came from.
+enum Origin {
+    CommandLine,
+    Environment(String),
+    File,
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::CommandLine => f.write_str("command line"),
+            Origin::Environment(name) => write!(f, "environment ({name})"),
+            Origin::File => f.write_str("file"),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A configuration and where each of its values came from.
+struct Resolved {
+    config: Config,
+    origins: HashMap<String, Origin>,
+    file: Option<PathBuf>,
+}
+
+impl Resolved {
+    /// Command line and environment first, leniently, to find the file and what they set;
+    /// then the file's settings for every other option, spelled as flags ahead of the
+    /// command line, and everything parsed again, strictly.
+    fn from_args<I, T>(cmd: &clap::Command, args: I) -> Result<Resolved, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        if args.is_empty() {
+            args.push("sova-relay".into());
+        }
+        let first = cmd
+            .clone()
+            .ignore_errors(true)
+            .try_get_matches_from(&args)?;
+        let Some(path) = first.get_one::<PathBuf>(CONFIG_ID).cloned() else {
+            return Self::finish(
+                cmd,
+                &cmd.clone().try_get_matches_from(&args)?,
+                None,
+                &HashSet::new(),
+            );
+        };
+        let file = ConfigFile::read(&path, cmd)?;
+        let mut argv = vec![args[0].clone()];
+        let mut from_file = HashSet::new();
+        for setting in &file.settings {
+            let set_above = matches!(
+                first.value_source(&setting.id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if set_above {
+                continue;
+            }
+            from_file.insert(setting.id.clone());
+            // A value equal to the default is left to the default: `tls_required = false`
+            // must not count as "given" and then demand a certificate.
+            if !is_default(cmd, setting) {
+                argv.extend(setting.as_args());
+            }
+        }
+        argv.extend(args.into_iter().skip(1));
+        let matches = cmd.clone().try_get_matches_from(argv).map_err(|err| {
+            use clap::error::ErrorKind::{ArgumentConflict, MissingRequiredArgument};
+            match err.kind() {
+                // Options that go together may come from different places: say so.
+                MissingRequiredArgument | ArgumentConflict => file_error(format!(
+                    "{} (counting the command line, the environment and {})",
+                    one_line(&err),
+                    file.path.display()
+                )),
+                _ => err,
+            }
+        })?;
+        Self::finish(cmd, &matches, Some(file.path), &from_file)
+    }
+
+    fn finish(
+        cmd: &clap::Command,
+        matches: &ArgMatches,
+        file: Option<PathBuf>,
+        from_file: &HashSet<String>,
+    ) -> Result<Resolved, clap::Error> {
+        let config = Config::from_arg_matches(matches)?;
+        let origins = file::keys(cmd)
+            .map(|arg| {
+                let id = arg.get_id().as_str();
+                let origin = match matches.value_source(id) {
+                    _ if from_file.contains(id) => Origin::File,
+                    Some(ValueSource::CommandLine) => Origin::CommandLine,
+                    Some(ValueSource::EnvVariable) => Origin::Environment(
+                        arg.get_env()
+                            .map(|name| name.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    ),
+                    _ => Origin::Default,
+                };
+                (id.to_owned(), origin)
+            })
+            .collect();
+        Ok(Resolved {
+            config,
+            origins,
+            file,
+        })
+    }
+}
+
+fn is_default(cmd: &clap::Command, setting: &file::Setting) -> bool {
+    cmd.get_arguments()
+        .find(|arg| arg.get_id() == setting.id.as_str())
+        .is_some_and(|arg| {
+            let defaults = arg.get_default_values();
+            defaults.len() == setting.values.len()
+                && defaults
+                    .iter()
+                    .zip(&setting.values)
+                    .all(|(default, value)| default == value.as_str())
+        })
+}
+
+/// A clap error on one line, without the usage and `--help` tips.
+pub(crate) fn one_line(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .collect();
+    let joined = lines.join(" ");
+    joined.strip_prefix("error: ").unwrap_or(&joined).to_owned()
+}
+
+fn integer<T: TryInto<i64> + ToString + Copy>(number: T) -> Value {
+    match number.try_into() {
+        Ok(number) => Value::Integer(number),
+        // Beyond i64 (a usize byte count on a 64-bit machine): the flag parses it as text.
+        Err(_) => Value::String(number.to_string()),
+    }
+}
+
+/// A duration as [`parse_duration`] reads it back: `10s`, `60s`, `5m`, `1h`, `1500ms`.
+fn duration_value(duration: Duration) -> Value {
+    let seconds = duration.as_secs();
+    let text = if duration.subsec_nanos() != 0 || seconds == 0 {
+        format!("{}ms", duration.as_millis())
+    } else if seconds % 3600 == 0 {
+        format!("{}h", seconds / 3600)
+    } else if seconds % 60 == 0 && seconds > 60 {
+        format!("{}m", seconds / 60)
+    } else {
+        format!("{seconds}s")
+    };
+    Value::String(text)
+}
+
 /// Parses `10`, `1.5`, `500ms`, `10s` or `5m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -316,6 +706,143 @@ mod tests {
     fn tls_needs_both_files() {
         assert!(Config::try_parse_from(["sova-relay", "--tls-cert", "c.pem"]).is_err());
         assert!(Config::try_parse_from(["sova-relay", "--tls-required"]).is_err());
+    }
+
+    fn file(text: &str) -> Result<ConfigFile, String> {
+        ConfigFile::parse(Path::new("relay.toml"), text, &command()).map_err(|err| one_line(&err))
+    }
+
+    #[test]
+    fn every_option_is_a_file_key_and_is_printed() {
+        let printed: Vec<&str> = Config::default()
+            .values()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        let cmd = command();
+        let keys: Vec<&str> = file::keys(&cmd).map(|arg| arg.get_id().as_str()).collect();
+        assert_eq!(
+            printed, keys,
+            "Config::values() must list every option, in order"
+        );
+        assert!(!keys.contains(&CONFIG_ID));
+    }
+
+    #[test]
+    fn a_printed_configuration_reads_back_the_same() {
+        let mut config = Config::try_parse_from([
+            "sova-relay",
+            "--host",
+            "::1",
+            "--max-instances",
+            "7",
+            "--handshake-timeout",
+            "1500ms",
+            "--lockout",
+            "2h",
+            "--tcp-user-timeout",
+            "90",
+            "--http",
+            "false",
+            "--allow",
+            "10.0.0.0/8,2001:db8::/32",
+            "--audit-log",
+            "-",
+        ])
+        .unwrap();
+        config.tokens_file = Some(PathBuf::from("/etc/sova/tokens"));
+        let text = config.to_toml();
+        let settings = file(&text).unwrap().settings;
+        let cmd = command();
+        let mut args = vec![OsString::from("sova-relay")];
+        let given = settings.iter().filter(|setting| !is_default(&cmd, setting));
+        args.extend(given.flat_map(|setting| setting.as_args()));
+        let read_back = Config::try_parse_from(args).unwrap();
+        assert_eq!(read_back.to_toml(), text);
+        assert!(text.contains("handshake_timeout = \"1500ms\""), "{text}");
+        assert!(text.contains("lockout = \"2h\""), "{text}");
+        assert!(
+            text.contains("allow = [\"10.0.0.0/8\", \"2001:db8::/32\"]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = Config::try_parse_from(["sova-relay", "--admin-token", "hunter2"]).unwrap();
+        let text = config.to_toml();
+        assert!(text.contains("admin_token = \"<redacted>\""), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn file_values_are_checked_by_the_flags_parsers() {
+        let ok = file("max_instances = 50\nallow = \"10.0.0.0/8, ::1/128\"\nhttp = false\n");
+        let settings = ok.unwrap().settings;
+        assert_eq!(settings[0].values, ["10.0.0.0/8", "::1/128"]);
+        let cases = [
+            (
+                "max_instance = 5",
+                "unknown key `max_instance` (did you mean `max_instances`?)",
+            ),
+            (
+                "max-instances = 5",
+                "unknown key `max-instances` (did you mean `max_instances`?)",
+            ),
+            ("config = \"other.toml\"", "unknown key `config`"),
+            ("help = true", "unknown key `help`"),
+            (
+                "max_instances = \"many\"",
+                "`max_instances = \"many\"`: invalid digit",
+            ),
+            ("rate_limit = 0", "`rate_limit = 0`: 0 is not in 1.."),
+            (
+                "lockout = \"soon\"",
+                "`lockout = \"soon\"`: 'soon' is not a duration",
+            ),
+            (
+                "host = \"localhost\"",
+                "`host = \"localhost\"`: invalid IP address syntax",
+            ),
+            (
+                "port = [1, 2]",
+                "`port = [1, 2]`: takes one value, not a list",
+            ),
+            (
+                "deny = [[1]]",
+                "`deny = [[1]]`: expected a string, a number or a boolean",
+            ),
+            (
+                "http = \"maybe\"",
+                "`http = \"maybe\"`: value was not a boolean",
+            ),
+            (
+                "port = 1\nport = 2",
+                "relay.toml:2:1: invalid TOML: duplicate key",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = file(text)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} was accepted"));
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(err.starts_with("relay.toml"), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_print_as_they_parse() {
+        for (duration, text) in [
+            (Duration::from_secs(10), "10s"),
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0ms"),
+        ] {
+            assert_eq!(duration_value(duration), Value::String(text.into()));
+            assert_eq!(parse_duration(text), Ok(duration));
+        }
     }
 
     #[test]

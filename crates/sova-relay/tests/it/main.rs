@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod browser;
+mod deploy;
 mod harness;
 mod http;
 mod limits;
