@@ -69,11 +69,11 @@ pub fn decode_body(body: Bytes) -> Result<Message, ProtocolError> {
     match &mut message {
         Message::StateUpdate { update_data, .. } | Message::StateBroadcast { update_data, .. } => {
             let span = raw::field_span(&body, "update_data", 2)?;
-            *update_data = UpdateData::from_checked_raw(body.slice(span));
+            *update_data = UpdateData::from_checked_raw(body.slice(span))?;
         }
         Message::SessionSnapshot { data, .. } => {
             let span = raw::field_span(&body, "data", 1)?;
-            *data = UpdateData::from_checked_raw(body.slice(span));
+            *data = UpdateData::from_checked_raw(body.slice(span))?;
         }
         _ => {}
     }

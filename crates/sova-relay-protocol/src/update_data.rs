@@ -48,9 +48,17 @@ impl UpdateData {
         Self { raw: raw.freeze() }
     }
 
-    /// Wraps a raw MessagePack value that has already been checked to be a byte array.
-    pub(crate) fn from_checked_raw(raw: Bytes) -> Self {
-        Self { raw }
+    /// Wraps a raw MessagePack value that serde has already accepted as a byte array,
+    /// provided it is an array or a bin. rmp-serde also hands a str holding invalid UTF-8
+    /// to the visitor as bytes, but Sova instances decode `Vec<u8>` only from an array or a
+    /// bin: forwarded verbatim, a str would be a message they cannot read.
+    pub(crate) fn from_checked_raw(raw: Bytes) -> Result<Self, ProtocolError> {
+        match raw.first() {
+            Some(0x90..=0x9f | 0xdc | 0xdd | 0xc4..=0xc6) => Ok(Self { raw }),
+            _ => Err(ProtocolError::Invalid(
+                "update_data: expected an array of integers 0..=255 or a bin".to_owned(),
+            )),
+        }
     }
 
     /// The MessagePack encoding of the value, exactly as it arrived.
