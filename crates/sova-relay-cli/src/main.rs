@@ -9,6 +9,7 @@ mod send;
 mod watch;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -36,12 +37,36 @@ enum Command {
     Ping(ping::PingArgs),
 }
 
-/// Where the relay is.
+/// Where the relay is, and how to trust it.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Relay address: HOST:PORT (TCP) or ws://HOST:PORT/ws (WebSocket).
+    /// Relay address: HOST:PORT (TCP), tls://HOST:PORT (TCP inside TLS),
+    /// ws://HOST:PORT/ws (WebSocket) or wss://HOST:PORT/ws (WebSocket inside TLS).
     #[arg(long, env = "SOVA_RELAY_ADDR", hide_env_values = true)]
     pub addr: String,
+    /// Use TLS: HOST:PORT becomes tls://HOST:PORT, and ws:// becomes wss://.
+    #[arg(long, env = "SOVA_RELAY_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls: bool,
+    /// PEM file of CA certificates to trust for TLS, besides the built-in (Mozilla) roots;
+    /// e.g. the CA of a relay with a private certificate.
+    #[arg(long, value_name = "PATH", env = "SOVA_RELAY_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// The address to connect to, with `--tls` applied.
+    pub fn address(&self) -> String {
+        if !self.tls {
+            return self.addr.clone();
+        }
+        match self.addr.split_once("://") {
+            None => format!("tls://{}", self.addr),
+            Some(("tcp", rest)) => format!("tls://{rest}"),
+            Some(("ws", rest)) => format!("wss://{rest}"),
+            // Already TLS, or a scheme the client library will explain.
+            Some(_) => self.addr.clone(),
+        }
+    }
 }
 
 /// Who to register as.
@@ -55,10 +80,16 @@ pub struct Identity {
     pub token: Option<String>,
 }
 
-/// A client configuration for `name` in the session of `token`.
-pub fn client_config(name: &str, token: Option<&str>, sova_version: &str) -> ClientConfig {
+/// A client configuration for `name` in the session of `token`, trusting `target`'s CA.
+pub fn client_config(
+    target: &Target,
+    name: &str,
+    token: Option<&str>,
+    sova_version: &str,
+) -> ClientConfig {
     let mut config = ClientConfig::new(name).sova_version(sova_version);
     config.session_token = token.map(str::to_owned);
+    config.ca_file = target.ca.clone();
     config
 }
 
@@ -112,5 +143,35 @@ async fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_flag_turns_addresses_into_their_tls_form() {
+        let target = |addr: &str, tls: bool| Target {
+            addr: addr.to_owned(),
+            tls,
+            ca: None,
+        };
+        for (addr, expected) in [
+            ("relay:9090", "tls://relay:9090"),
+            ("tcp://relay:9090", "tls://relay:9090"),
+            ("ws://relay:9090/ws", "wss://relay:9090/ws"),
+            ("tls://relay:9090", "tls://relay:9090"),
+            ("wss://relay/ws", "wss://relay/ws"),
+        ] {
+            assert_eq!(target(addr, true).address(), expected);
+        }
+        assert_eq!(target("relay:9090", false).address(), "relay:9090");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -31,11 +31,12 @@ pub async fn run(args: PingArgs, sova_version: &str) -> anyhow::Result<()> {
     let name = args
         .name
         .unwrap_or_else(|| format!("ping-{:08x}", fastrand::u32(..)));
-    let config = client_config(&name, args.token.as_deref(), sova_version)
+    let config = client_config(&args.target, &name, args.token.as_deref(), sova_version)
         .reconnect(ReconnectConfig::disabled());
-    let client = RelayClient::connect(&args.target.addr, config)
+    let addr = args.target.address();
+    let client = RelayClient::connect(&addr, config)
         .await
-        .with_context(|| format!("registering with {} as {name}", args.target.addr))?;
+        .with_context(|| format!("registering with {addr} as {name}"))?;
     let mut rtts = Vec::new();
     for seq in 1..=args.count {
         let rtt = client.ping().await.context("ping")?;

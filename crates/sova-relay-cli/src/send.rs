@@ -39,14 +39,16 @@ struct Payload {
 /// Runs `send`; fails with the relay's message if it rejects the registration or an update.
 pub async fn run(args: SendArgs, sova_version: &str) -> anyhow::Result<()> {
     let config = client_config(
+        &args.target,
         &args.identity.name,
         args.identity.token.as_deref(),
         sova_version,
     )
     .reconnect(ReconnectConfig::disabled());
-    let client = RelayClient::connect(&args.target.addr, config)
+    let addr = args.target.address();
+    let client = RelayClient::connect(&addr, config)
         .await
-        .with_context(|| format!("registering with {}", args.target.addr))?;
+        .with_context(|| format!("registering with {addr}"))?;
     let (sender, events) = client.split();
     let problems = tokio::spawn(collect_problems(events));
     let sent = send_all(&sender, &args.payload).await;

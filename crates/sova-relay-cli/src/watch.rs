@@ -23,18 +23,20 @@ pub struct WatchArgs {
 /// Runs `watch` until Ctrl+C/SIGTERM (exit 0) or a rejection retrying cannot fix.
 pub async fn run(args: WatchArgs, sova_version: &str) -> anyhow::Result<()> {
     let config = client_config(
+        &args.target,
         &args.identity.name,
         args.identity.token.as_deref(),
         sova_version,
     );
+    let addr = args.target.address();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut client = tokio::select! {
-        client = connect_retrying(&args.target.addr, config) => client?,
+        client = connect_retrying(&addr, config) => client?,
         () = &mut shutdown => return Ok(()),
     };
     let peers: Vec<String> = client.peers().into_iter().map(|peer| peer.name).collect();
-    info!(addr = %args.target.addr, name = %args.identity.name, ?peers, "watching");
+    info!(%addr, name = %args.identity.name, ?peers, "watching");
     let mut last_error = None;
     loop {
         let event = tokio::select! {

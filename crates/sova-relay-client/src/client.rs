@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::handshake::register;
 use crate::state::Shared;
 use crate::task::{Channels, Control, Outgoing, Task};
-use crate::transport::Endpoint;
+use crate::transport::Target;
 use crate::{ClientConfig, ClientError, ClockOffset, Event, Events, Peer, UpdateForm};
 
 /// Size of a `StateUpdate` body around its `update_data`, at most: map and variant name (13),
@@ -46,14 +46,15 @@ pub struct RelaySender {
 }
 
 impl RelayClient {
-    /// Connects to `address` (`HOST:PORT` or `ws://HOST:PORT/ws`, see the [crate] docs) and
-    /// registers; fails with the relay's reason.
+    /// Connects to `address` (`HOST:PORT`, `tls://HOST:PORT`, `ws://HOST:PORT/ws` or
+    /// `wss://HOST:PORT/ws`, see the [crate] docs) and registers; fails with the relay's
+    /// reason.
     ///
     /// This first attempt is not retried: reconnection applies once registered.
     pub async fn connect(address: &str, config: ClientConfig) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::parse(address)?;
-        let (transport, registration) = register(&endpoint, &config).await?;
-        tracing::info!(relay = %endpoint, id = %registration.id, name = %config.name, "registered");
+        let target = Target::new(address, config.ca_file.as_deref())?;
+        let (transport, registration) = register(&target, &config).await?;
+        tracing::info!(relay = %target, id = %registration.id, name = %config.name, "registered");
         let (shared, written) = Shared::new(&registration);
         let shared = Arc::new(shared);
         let (updates_tx, updates) = mpsc::channel(config.queue_capacity.max(1));
@@ -74,7 +75,7 @@ impl RelayClient {
             events: events_tx,
             written,
         };
-        tokio::spawn(Task::new(endpoint, config, shared, channels).run(transport));
+        tokio::spawn(Task::new(target, config, shared, channels).run(transport));
         Ok(Self {
             sender,
             events: Events::new(events),

@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sova_relay_protocol::DEFAULT_MAX_MESSAGE_SIZE;
@@ -14,8 +15,8 @@ pub struct ClientConfig {
     pub session_token: Option<String>,
     /// Sova version sent at registration; must equal the relay's exactly.
     pub sova_version: String,
-    /// Limit for connecting (TCP, and the WebSocket upgrade for `ws://`) plus registration,
-    /// per attempt.
+    /// Limit for connecting (TCP, the TLS handshake for `tls://` and `wss://`, the WebSocket
+    /// upgrade for `ws://` and `wss://`) plus registration, per attempt.
     pub connect_timeout: Duration,
     /// Limit for a `ping()` answer and for one socket write.
     pub request_timeout: Duration,
@@ -31,6 +32,10 @@ pub struct ClientConfig {
     pub update_form: UpdateForm,
     /// Automatic reconnection after a lost connection.
     pub reconnect: ReconnectConfig,
+    /// A PEM file of CA certificates to trust for `tls://` and `wss://`, besides the
+    /// built-in roots (Mozilla's, from webpki-roots), e.g. a relay's private CA. Read once,
+    /// by [`crate::RelayClient::connect`].
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -48,6 +53,7 @@ impl ClientConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             update_form: UpdateForm::Array,
             reconnect: ReconnectConfig::default(),
+            ca_file: None,
         }
     }
 
@@ -60,6 +66,12 @@ impl ClientConfig {
     /// Sets the Sova version.
     pub fn sova_version(mut self, version: impl Into<String>) -> Self {
         self.sova_version = version.into();
+        self
+    }
+
+    /// Trusts the CA certificates of a PEM file for `tls://` and `wss://` (see `ca_file`).
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
         self
     }
 

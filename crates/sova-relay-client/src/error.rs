@@ -26,8 +26,8 @@ pub enum ClientError {
     /// The instance name is not acceptable (checked before connecting).
     #[error("{0}")]
     InvalidName(String),
-    /// The address is not `HOST:PORT`, `tcp://HOST:PORT` or `ws://HOST:PORT/PATH`, or names a
-    /// transport not built yet (`tls://`, `wss://`).
+    /// The address is not `HOST:PORT`, `tcp://HOST:PORT`, `tls://HOST:PORT`,
+    /// `ws://HOST[:PORT]/PATH` or `wss://HOST[:PORT]/PATH`.
     #[error("invalid relay address '{address}': {reason}")]
     InvalidAddress {
         /// The address as given.
@@ -48,6 +48,11 @@ pub enum ClientError {
     /// relay broke the WebSocket protocol.
     #[error("WebSocket: {0}")]
     WebSocket(String),
+    /// TLS failed: the relay's certificate is not trusted (unknown CA, wrong name, expired),
+    /// the relay does not speak TLS, or the CA file could not be read. Not retried on the
+    /// first connection; see [`ClientError::is_retryable`].
+    #[error("{0}")]
+    Tls(String),
     /// The relay answered with a message that makes no sense at this point.
     #[error("unexpected message from relay: {0}")]
     Unexpected(String),
@@ -94,7 +99,11 @@ impl ClientError {
     }
 
     /// Whether trying again later may succeed: false for errors only a configuration
-    /// change can fix (version, token, name validity, address).
+    /// change can fix (version, token, name validity, address, TLS trust).
+    ///
+    /// A reconnecting client still retries [`ClientError::Tls`]: it did trust the relay
+    /// before, so the relay's certificate changed, and a fix on the relay's side (a renewed
+    /// certificate) lets it back in without a restart.
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
@@ -102,6 +111,7 @@ impl ClientError {
                 | Self::InvalidToken(_)
                 | Self::InvalidName(_)
                 | Self::InvalidAddress { .. }
+                | Self::Tls(_)
                 | Self::Closed
         )
     }
@@ -144,5 +154,6 @@ mod tests {
         assert!(ClientError::from_relay_message("Instance name 'x' already in use").is_retryable());
         assert!(ClientError::from_relay_message("Maximum instances (1) reached").is_retryable());
         assert!(ClientError::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(!ClientError::Tls("invalid peer certificate: UnknownIssuer".into()).is_retryable());
     }
 }

@@ -7,7 +7,7 @@ use sova_relay_protocol::{
 };
 use uuid::Uuid;
 
-use crate::transport::{Endpoint, Received, Transport};
+use crate::transport::{Received, Target, Transport};
 use crate::{ClientConfig, ClientError, Peer};
 
 /// What the relay granted.
@@ -21,15 +21,15 @@ pub(crate) struct Registration {
     pub(crate) capabilities: Vec<String>,
 }
 
-/// Connects to `endpoint` and registers as `config.name`.
+/// Connects to `target` and registers as `config.name`.
 pub(crate) async fn register(
-    endpoint: &Endpoint,
+    target: &Target,
     config: &ClientConfig,
 ) -> Result<(Transport, Registration), ClientError> {
     validate_instance_name(&config.name).map_err(ClientError::InvalidName)?;
     let limit = config.connect_timeout;
     let attempt = async {
-        let mut transport = Transport::connect(endpoint, config.max_message_size).await?;
+        let mut transport = Transport::connect(target, config.max_message_size).await?;
         transport
             .send([encode_frame(&register_message(config))], limit)
             .await?;

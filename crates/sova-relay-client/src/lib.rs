@@ -26,11 +26,19 @@
 //! | address | transport |
 //! |---|---|
 //! | `HOST:PORT`, `tcp://HOST:PORT` | length-prefixed MessagePack frames over TCP (what Sova instances speak) |
-//! | `ws://HOST:PORT/ws` | WebSocket: one MessagePack body per binary message; the port defaults to 80, and the path is the relay's `/ws` or whatever a proxy maps to it |
+//! | `tls://HOST:PORT` | the same frames inside TLS |
+//! | `ws://HOST[:PORT]/ws` | WebSocket: one MessagePack body per binary message; the port defaults to 80, and the path is the relay's `/ws` or whatever a proxy maps to it |
+//! | `wss://HOST[:PORT]/ws` | the same inside TLS; the port defaults to 443 |
 //!
-//! Both reach the same sessions: a WebSocket client and a TCP client of one session see
-//! each other's updates. `tls://` and `wss://` are recognised but not supported yet
-//! ([`ClientError::InvalidAddress`]).
+//! All of them reach the same sessions: a WebSocket client and a TCP client of one session
+//! see each other's updates.
+//!
+//! TLS (rustls, `ring` provider, TLS 1.2 and 1.3) verifies the relay's certificate against
+//! Mozilla's root certificates (webpki-roots) plus, if set, the CA certificates of the PEM
+//! file [`ClientConfig`]`::ca_file` (a relay with a private CA), for the host of the address:
+//! a DNS name, sent as SNI too, or an IP address, which the certificate must then list. The
+//! handshake counts towards `connect_timeout`. A certificate the client does not trust is a
+//! [`ClientError::Tls`], which the first connection does not retry.
 //!
 //! To send from one task and receive in another, [`RelayClient::split`] the client into a
 //! cloneable [`RelaySender`] and the [`Events`] stream.
@@ -47,6 +55,7 @@ mod event;
 mod handshake;
 mod state;
 mod task;
+mod tls;
 mod transport;
 mod websocket;
 

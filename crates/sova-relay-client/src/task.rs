@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::handshake::{register, Registration};
 use crate::state::Shared;
-use crate::transport::{Endpoint, Received, Transport};
+use crate::transport::{Received, Target, Transport};
 use crate::{ClientConfig, ClientError, Event, Peer};
 
 /// Most updates written in one flush.
@@ -71,7 +71,7 @@ pub(crate) struct Channels {
 
 /// The connection task's state.
 pub(crate) struct Task {
-    endpoint: Endpoint,
+    target: Target,
     config: ClientConfig,
     shared: Arc<Shared>,
     updates: mpsc::Receiver<Outgoing>,
@@ -93,14 +93,14 @@ pub(crate) struct Task {
 impl Task {
     /// A task for a client that has just registered.
     pub(crate) fn new(
-        endpoint: Endpoint,
+        target: Target,
         config: ClientConfig,
         shared: Arc<Shared>,
         channels: Channels,
     ) -> Self {
         let backoff = Backoff::new(config.reconnect.clone());
         Self {
-            endpoint,
+            target,
             config,
             shared,
             updates: channels.updates,
@@ -417,15 +417,16 @@ impl Task {
                 return Ok(None);
             };
             self.idle(tokio::time::sleep(delay)).await?;
-            let (endpoint, config) = (self.endpoint.clone(), self.config.clone());
-            let attempt = async move { register(&endpoint, &config).await };
+            let (target, config) = (self.target.clone(), self.config.clone());
+            let attempt = async move { register(&target, &config).await };
             match self.idle(attempt).await? {
                 Ok((transport, registration)) => {
                     info!(id = %registration.id, "reconnected to relay");
                     self.reconnected(&registration);
                     return Ok(Some(transport));
                 }
-                Err(err) if err.is_retryable() => {
+                // The relay's certificate changed since we trusted it: it may be fixed.
+                Err(err) if err.is_retryable() || matches!(err, ClientError::Tls(_)) => {
                     info!(%err, attempt = self.backoff.attempts(), "reconnect failed, retrying");
                 }
                 Err(err) => {

@@ -1,18 +1,19 @@
-//! The seam between the client and the bytes on the wire: framed TCP and WebSocket today.
-//! `tls://` and `wss://` will be further [`Endpoint`] variants whose [`Transport`] yields and
-//! takes the same frames, so nothing above this file changes.
+//! The seam between the client and the bytes on the wire: framed messages or WebSocket, each
+//! over plain TCP or TLS. Every [`Transport`] yields and takes the same frames, so nothing
+//! above this file knows which one it talks through.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use sova_relay_protocol::{decode_body, FrameCodec, Message};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use sova_relay_protocol::{decode_body, FrameCodec, Message, ProtocolError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
+use crate::tls::TlsTarget;
 use crate::websocket::WsConnection;
 use crate::ClientError;
 
@@ -23,55 +24,69 @@ const RECEIVE_HEADROOM: usize = 4096;
 /// Port of a `ws://` address that names none.
 const WS_DEFAULT_PORT: u16 = 80;
 
-/// Where the relay is, parsed from the address the user gave.
+/// Port of a `wss://` address that names none.
+const WSS_DEFAULT_PORT: u16 = 443;
+
+/// Where the relay is and how to talk to it, parsed from the address the user gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Endpoint {
-    /// Length-prefixed MessagePack over plain TCP: `HOST:PORT` or `tcp://HOST:PORT`.
-    Tcp {
-        /// `HOST:PORT`, resolved at each connection attempt (a relay may move).
-        authority: String,
-    },
-    /// One MessagePack body per binary message over plain WebSocket: `ws://HOST[:PORT]/PATH`.
-    Ws {
-        /// `HOST:PORT` to open the TCP connection to (port 80 when the URL names none).
-        connect_to: String,
+pub(crate) struct Endpoint {
+    /// `HOST:PORT` to open the TCP connection to, resolved at each attempt (a relay may move).
+    pub(crate) connect_to: String,
+    /// With TLS (`tls://`, `wss://`): the host, for SNI and the certificate check.
+    pub(crate) tls_host: Option<String>,
+    /// What travels over the connection.
+    pub(crate) framing: Framing,
+}
+
+/// What travels over a connection to the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Length-prefixed MessagePack frames, what Sova instances speak.
+    Frames,
+    /// One MessagePack body per binary WebSocket message.
+    WebSocket {
         /// The URL as given: its host and path go into the upgrade request.
         url: String,
     },
 }
 
 impl Endpoint {
-    /// Parses `HOST:PORT`, `tcp://HOST:PORT` or `ws://HOST[:PORT]/PATH`.
+    /// Parses `HOST:PORT`, `tcp://HOST:PORT`, `tls://HOST:PORT`, `ws://HOST[:PORT]/PATH` or
+    /// `wss://HOST[:PORT]/PATH`.
     pub(crate) fn parse(address: &str) -> Result<Self, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidAddress {
             address: address.to_owned(),
             reason: reason.to_owned(),
         };
-        let authority = match address.split_once("://") {
-            None => address,
-            Some(("tcp", rest)) => rest,
-            Some(("ws", rest)) => return Self::parse_ws(address, rest).map_err(invalid),
-            Some(("wss" | "tls", _)) => return Err(invalid("this transport is not supported yet")),
+        let (authority, tls) = match address.split_once("://") {
+            None => (address, false),
+            Some(("tcp", rest)) => (rest, false),
+            Some(("tls", rest)) => (rest, true),
+            Some(("ws", rest)) => return Self::parse_ws(address, rest, false).map_err(invalid),
+            Some(("wss", rest)) => return Self::parse_ws(address, rest, true).map_err(invalid),
             Some(_) => {
                 return Err(invalid(
-                    "unknown scheme (expected HOST:PORT or ws://HOST:PORT/PATH)",
+                    "unknown scheme (expected HOST:PORT, tls://HOST:PORT, ws://HOST:PORT/PATH \
+                     or wss://HOST:PORT/PATH)",
                 ))
             }
         };
         let (host, port) = authority
             .rsplit_once(':')
             .ok_or_else(|| invalid("missing :PORT"))?;
-        if host.is_empty() || host.contains('/') {
+        if host.is_empty() || host.contains(['/', '@']) {
             return Err(invalid("expected HOST:PORT"));
         }
         port.parse::<u16>().map_err(|_| invalid("bad port"))?;
-        Ok(Self::Tcp {
-            authority: authority.to_owned(),
+        Ok(Self {
+            connect_to: authority.to_owned(),
+            tls_host: tls.then(|| host.to_owned()),
+            framing: Framing::Frames,
         })
     }
 
-    /// `rest` is what follows `ws://` in `url`.
-    fn parse_ws(url: &str, rest: &str) -> Result<Self, &'static str> {
+    /// `rest` is what follows `ws://` or `wss://` in `url`.
+    fn parse_ws(url: &str, rest: &str, tls: bool) -> Result<Self, &'static str> {
         let path_start = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(path_start);
         if !path.starts_with('/') {
@@ -84,11 +99,16 @@ impl Endpoint {
             return Err("credentials in the address are not supported");
         }
         // The port is whatever follows the last colon outside an IPv6 literal's brackets.
+        let default_port = if tls {
+            WSS_DEFAULT_PORT
+        } else {
+            WS_DEFAULT_PORT
+        };
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !port.contains(']') => {
                 (host, port.parse::<u16>().map_err(|_| "bad port")?)
             }
-            _ => (authority, WS_DEFAULT_PORT),
+            _ => (authority, default_port),
         };
         let bracketed = host.starts_with('[') && host.ends_with(']');
         if host.is_empty() || (host.contains(':') && !bracketed) {
@@ -100,21 +120,72 @@ impl Endpoint {
         {
             return Err("not a valid URL");
         }
-        Ok(Self::Ws {
+        Ok(Self {
             connect_to: format!("{host}:{port}"),
-            url: url.to_owned(),
+            tls_host: tls.then(|| host.to_owned()),
+            framing: Framing::WebSocket {
+                url: url.to_owned(),
+            },
         })
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp { authority } => f.write_str(authority),
-            Self::Ws { url, .. } => f.write_str(url),
+        match (&self.framing, &self.tls_host) {
+            (Framing::WebSocket { url }, _) => f.write_str(url),
+            (Framing::Frames, None) => f.write_str(&self.connect_to),
+            (Framing::Frames, Some(_)) => write!(f, "tls://{}", self.connect_to),
         }
     }
 }
+
+/// An [`Endpoint`] with what connecting to it needs (the TLS trust store), built once per
+/// client so that every reconnection trusts what the first connection trusted.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// Where the relay is.
+    pub(crate) endpoint: Endpoint,
+    /// For `tls://` and `wss://`.
+    tls: Option<TlsTarget>,
+}
+
+impl Target {
+    /// Parses `address`; for TLS, loads the trust store (and `ca_file`).
+    pub(crate) fn new(address: &str, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::parse(address)?;
+        let websocket = matches!(endpoint.framing, Framing::WebSocket { .. });
+        let tls = match &endpoint.tls_host {
+            Some(host) => Some(TlsTarget::new(host, ca_file, websocket)?),
+            None => None,
+        };
+        Ok(Self { endpoint, tls })
+    }
+
+    /// Opens the TCP connection, and the TLS session on it if the address asks for one.
+    async fn open(&self) -> Result<Stream, ClientError> {
+        let tcp = TcpStream::connect(&self.endpoint.connect_to).await?;
+        tcp.set_nodelay(true)?;
+        Ok(match &self.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(tls.connect(tcp).await?),
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.endpoint.fmt(f)
+    }
+}
+
+/// A byte stream to the relay: plain TCP or TLS over it.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The stream under a [`Transport`].
+pub(crate) type Stream = Box<dyn Io>;
 
 /// What one read from the relay gave.
 pub(crate) enum Received {
@@ -124,13 +195,23 @@ pub(crate) enum Received {
     Closed(Option<String>),
 }
 
-/// Passes already-framed bytes through (frames are encoded once, by the protocol crate).
-struct RawFrames;
+/// Splits incoming bytes into frame bodies, and passes outgoing frames through as they are
+/// (frames are encoded once, by the protocol crate, length prefix included).
+struct Frames(FrameCodec);
 
-impl Encoder<Bytes> for RawFrames {
-    type Error = std::io::Error;
+impl Decoder for Frames {
+    type Item = Bytes;
+    type Error = ProtocolError;
 
-    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> std::io::Result<()> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
+        self.0.decode(src)
+    }
+}
+
+impl Encoder<Bytes> for Frames {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         dst.extend_from_slice(&frame);
         Ok(())
     }
@@ -138,26 +219,26 @@ impl Encoder<Bytes> for RawFrames {
 
 /// One open connection to the relay: decoded messages in, encoded frames out.
 pub(crate) enum Transport {
-    /// Framed TCP.
-    Tcp(TcpConnection),
-    /// WebSocket (boxed: its buffers make it much larger than the TCP variant).
+    /// Framed messages (`HOST:PORT`, `tls://`).
+    Frames(FramedConnection),
+    /// WebSocket (`ws://`, `wss://`; boxed: its buffers make it much larger).
     Ws(Box<WsConnection>),
 }
 
 impl Transport {
-    /// Opens a connection; the caller bounds the time it may take.
+    /// Opens a connection (TCP, then TLS, then the WebSocket upgrade, as the address says);
+    /// the caller bounds the time it may take.
     pub(crate) async fn connect(
-        endpoint: &Endpoint,
+        target: &Target,
         max_message_size: usize,
     ) -> Result<Self, ClientError> {
         let max_len = max_message_size.saturating_add(RECEIVE_HEADROOM);
-        Ok(match endpoint {
-            Endpoint::Tcp { authority } => {
-                Self::Tcp(TcpConnection::connect(authority, max_len).await?)
+        let stream = target.open().await?;
+        Ok(match &target.endpoint.framing {
+            Framing::Frames => Self::Frames(FramedConnection::new(stream, max_len)),
+            Framing::WebSocket { url } => {
+                Self::Ws(Box::new(WsConnection::connect(stream, url, max_len).await?))
             }
-            Endpoint::Ws { connect_to, url } => Self::Ws(Box::new(
-                WsConnection::connect(connect_to, url, max_len).await?,
-            )),
         })
     }
 
@@ -168,7 +249,7 @@ impl Transport {
     /// report it and go on.
     pub(crate) async fn recv(&mut self) -> Result<Received, ClientError> {
         match self {
-            Self::Tcp(tcp) => tcp.recv().await,
+            Self::Frames(framed) => framed.recv().await,
             Self::Ws(ws) => ws.recv().await,
         }
     }
@@ -182,7 +263,7 @@ impl Transport {
     ) -> Result<(), ClientError> {
         let write = async {
             match self {
-                Self::Tcp(tcp) => tcp.send(frames).await,
+                Self::Frames(framed) => framed.send(frames).await,
                 Self::Ws(ws) => ws.send(frames).await,
             }
         };
@@ -192,12 +273,13 @@ impl Transport {
         }
     }
 
-    /// Ends our side of the connection (TCP half-close, WebSocket close frame): the relay
-    /// unregisters us, and what it still sends stays readable until it closes too.
+    /// Ends our side of the connection (TCP half-close, TLS close_notify, WebSocket close
+    /// frame): the relay unregisters us, and what it still sends stays readable until it
+    /// closes too.
     pub(crate) async fn shutdown(&mut self, limit: Duration) {
         let _ = tokio::time::timeout(limit, async {
             match self {
-                Self::Tcp(tcp) => tcp.shutdown().await,
+                Self::Frames(framed) => framed.shutdown().await,
                 Self::Ws(ws) => ws.shutdown().await,
             }
         })
@@ -205,41 +287,44 @@ impl Transport {
     }
 }
 
-/// Length-prefixed frames over TCP.
-pub(crate) struct TcpConnection {
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    writer: FramedWrite<OwnedWriteHalf, RawFrames>,
+/// Length-prefixed frames over a byte stream.
+pub(crate) struct FramedConnection {
+    framed: Framed<Stream, Frames>,
 }
 
-impl TcpConnection {
-    async fn connect(authority: &str, max_len: usize) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(authority).await?;
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
-        Ok(Self {
-            reader: FramedRead::new(read, FrameCodec::new(max_len)),
-            writer: FramedWrite::new(write, RawFrames),
-        })
+impl FramedConnection {
+    fn new(stream: Stream, max_len: usize) -> Self {
+        Self {
+            framed: Framed::new(stream, Frames(FrameCodec::new(max_len))),
+        }
     }
 
     async fn recv(&mut self) -> Result<Received, ClientError> {
-        match self.reader.next().await {
+        match self.framed.next().await {
             None => Ok(Received::Closed(None)),
             Some(Ok(body)) => Ok(Received::Message(decode_body(body).map_err(Into::into))),
-            Some(Err(err)) => Err(err.into()),
+            Some(Err(err)) => Err(stream_error(err)),
         }
     }
 
     async fn send(&mut self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), ClientError> {
         for frame in frames {
-            self.writer.feed(frame).await?;
+            self.framed.feed(frame).await.map_err(stream_error)?;
         }
-        Ok(self.writer.flush().await?)
+        self.framed.flush().await.map_err(stream_error)
     }
 
     async fn shutdown(&mut self) {
-        let _ = self.writer.flush().await;
-        let _ = self.writer.get_mut().shutdown().await;
+        let _ = SinkExt::<Bytes>::flush(&mut self.framed).await;
+        let _ = self.framed.get_mut().shutdown().await;
+    }
+}
+
+/// A failure of the byte stream is an I/O error, whatever layer noticed it.
+fn stream_error(err: ProtocolError) -> ClientError {
+    match err {
+        ProtocolError::Io(err) => ClientError::Io(err),
+        other => ClientError::Protocol(other),
     }
 }
 
@@ -249,41 +334,56 @@ mod tests {
 
     #[test]
     fn addresses_parse_or_explain() {
+        let parsed = |address: &str| Endpoint::parse(address).unwrap();
+        assert_eq!(parsed("127.0.0.1:9090").to_string(), "127.0.0.1:9090");
         assert_eq!(
-            Endpoint::parse("127.0.0.1:9090").unwrap().to_string(),
-            "127.0.0.1:9090"
-        );
-        assert_eq!(
-            Endpoint::parse("tcp://relay.example:1")
-                .unwrap()
-                .to_string(),
+            parsed("tcp://relay.example:1").to_string(),
             "relay.example:1"
         );
-        assert!(Endpoint::parse("[::1]:9090").is_ok());
-        let ws = |connect_to: &str, url: &str| Endpoint::Ws {
-            connect_to: connect_to.to_owned(),
-            url: url.to_owned(),
-        };
-        for (address, connect_to) in [
-            ("ws://127.0.0.1:9090/ws", "127.0.0.1:9090"),
-            ("ws://relay.example/ws", "relay.example:80"),
-            ("ws://[::1]:9090/ws", "[::1]:9090"),
-            ("ws://[::1]/sova/ws?room=1", "[::1]:80"),
-        ] {
-            assert_eq!(Endpoint::parse(address).unwrap(), ws(connect_to, address));
-        }
         assert_eq!(
-            Endpoint::parse("ws://relay:1/ws").unwrap().to_string(),
-            "ws://relay:1/ws"
+            parsed("tls://relay.example:1").to_string(),
+            "tls://relay.example:1"
         );
+        assert!(Endpoint::parse("[::1]:9090").is_ok());
+        let endpoint = |connect_to: &str, tls_host: Option<&str>, framing: Framing| Endpoint {
+            connect_to: connect_to.to_owned(),
+            tls_host: tls_host.map(str::to_owned),
+            framing,
+        };
+        assert_eq!(
+            parsed("tls://[::1]:9443"),
+            endpoint("[::1]:9443", Some("[::1]"), Framing::Frames)
+        );
+        for (address, connect_to, tls_host) in [
+            ("ws://127.0.0.1:9090/ws", "127.0.0.1:9090", None),
+            ("ws://relay.example/ws", "relay.example:80", None),
+            ("ws://[::1]:9090/ws", "[::1]:9090", None),
+            ("ws://[::1]/sova/ws?room=1", "[::1]:80", None),
+            (
+                "wss://relay.example/ws",
+                "relay.example:443",
+                Some("relay.example"),
+            ),
+            (
+                "wss://127.0.0.1:9443/ws",
+                "127.0.0.1:9443",
+                Some("127.0.0.1"),
+            ),
+        ] {
+            let url = address.to_owned();
+            let expected = endpoint(connect_to, tls_host, Framing::WebSocket { url });
+            assert_eq!(parsed(address), expected);
+        }
+        assert_eq!(parsed("ws://relay:1/ws").to_string(), "ws://relay:1/ws");
         for bad in [
             "relay",
             "relay:",
             "relay:99999",
             ":80",
             "http://x:1",
-            "wss://x:1/ws",
-            "tls://x:1",
+            "tls://x",
+            "tls://user@x:1",
+            "wss://x:1",
             "ws://x:1",
             "ws://x:1?a",
             "ws://x:99999/ws",

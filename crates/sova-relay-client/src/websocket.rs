@@ -6,7 +6,6 @@ use std::io;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use sova_relay_protocol::{decode_body, ProtocolError, FRAME_HEADER_LEN};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::{
     CapacityError, Error as WsError, ProtocolError as WsProtocolError,
 };
@@ -15,24 +14,22 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::transport::Received;
+use crate::transport::{Received, Stream};
 use crate::ClientError;
 
 /// One WebSocket connection to the relay.
 pub(crate) struct WsConnection {
-    socket: WebSocketStream<TcpStream>,
+    socket: WebSocketStream<Stream>,
 }
 
 impl WsConnection {
-    /// Connects to `connect_to` (`HOST:PORT`) and upgrades with a request for `url`.
+    /// Upgrades `stream` (plain TCP or TLS, already open) with a request for `url`.
     /// Messages over `max_len` bytes (or frames) end the connection.
     pub(crate) async fn connect(
-        connect_to: &str,
+        stream: Stream,
         url: &str,
         max_len: usize,
     ) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(connect_to).await?;
-        stream.set_nodelay(true)?;
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_len))
             .max_frame_size(Some(max_len));

@@ -64,6 +64,13 @@ impl Decoder for FrameCodec {
 /// fields and the compact array form of a struct; `update_data` keeps its raw bytes.
 pub fn decode_body(body: Bytes) -> Result<Message, ProtocolError> {
     raw::check_body(&body, MAX_NESTING_DEPTH)?;
+    if let Some((id, timestamp, span)) = raw::state_update_fields(&body) {
+        return Ok(Message::StateUpdate {
+            source_instance_id: uuid::Uuid::from_bytes(id),
+            timestamp,
+            update_data: UpdateData::from_checked_raw(body.slice(span))?,
+        });
+    }
     let mut message: Message =
         rmp_serde::from_slice(&body).map_err(|err| ProtocolError::Invalid(err.to_string()))?;
     match &mut message {

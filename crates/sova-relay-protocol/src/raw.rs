@@ -151,6 +151,78 @@ pub(crate) fn field_span(body: &[u8], name: &str, index: usize) -> Result<Range<
     }
 }
 
+/// The fields of a `StateUpdate` in its usual form, read without serde: the hot path of the
+/// relay. `None` means "not the usual form" (another variant, a missing, repeated or
+/// unusually encoded field, …): the caller then decodes through serde, which gives the
+/// same result or the precise error. Expects a body already passed by [`check_body`].
+pub(crate) fn state_update_fields(body: &[u8]) -> Option<([u8; 16], u64, Range<usize>)> {
+    let mut cursor = Cursor::new(body);
+    if !matches!(cursor.head().ok()?, Head::Map(1)) || cursor.str().ok()?? != b"StateUpdate" {
+        return None;
+    }
+    let (mut id, mut timestamp, mut data) = (None, None, None);
+    let fields = cursor.head().ok()?;
+    let Head::Map(count) = fields else {
+        return None;
+    };
+    for _ in 0..count {
+        let key = cursor.str().ok()??;
+        let start = cursor.pos;
+        cursor.skip_value(crate::MAX_NESTING_DEPTH).ok()?;
+        let value = &body[start..cursor.pos];
+        let slot_filled = match key {
+            b"source_instance_id" => id.replace(uuid_bytes(value)?).is_some(),
+            b"timestamp" => timestamp.replace(uint(value)?).is_some(),
+            b"update_data" => data
+                .replace(byte_array(value).then_some(start..cursor.pos)?)
+                .is_some(),
+            _ => false,
+        };
+        if slot_filled {
+            return None;
+        }
+    }
+    Some((id?, timestamp?, data?))
+}
+
+fn uuid_bytes(value: &[u8]) -> Option<[u8; 16]> {
+    match value {
+        [0xc4, 16, rest @ ..] => rest.try_into().ok(),
+        _ => None,
+    }
+}
+
+fn uint(value: &[u8]) -> Option<u64> {
+    let (&marker, rest) = value.split_first()?;
+    let be = |bytes: &[u8]| bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    match marker {
+        0x00..=0x7f => Some(u64::from(marker)),
+        0xcc..=0xcf => Some(be(rest)),
+        _ => None,
+    }
+}
+
+/// A bin, or an array whose every element is an unsigned integer up to 255.
+fn byte_array(value: &[u8]) -> bool {
+    let mut cursor = Cursor::new(value);
+    match cursor.head() {
+        Ok(Head::Bin(_)) => true,
+        Ok(Head::Array(count)) => {
+            let elements = &value[cursor.pos..];
+            let mut at = 0;
+            for _ in 0..count {
+                match elements.get(at) {
+                    Some(0x00..=0x7f) => at += 1,
+                    Some(0xcc) => at += 2,
+                    _ => return false,
+                }
+            }
+            at == elements.len()
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +250,65 @@ mod tests {
     #[test]
     fn trailing_bytes_are_refused() {
         assert!(check_body(&[0xc0, 0xc0], 16).is_err());
+    }
+
+    fn state_update(fields: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut body = vec![0x81, 0xab];
+        body.extend(b"StateUpdate");
+        body.push(0x80 | fields.len() as u8);
+        for (key, value) in fields {
+            body.push(0xa0 | key.len() as u8);
+            body.extend(key.as_bytes());
+            body.extend(*value);
+        }
+        body
+    }
+
+    #[test]
+    fn the_fast_path_reads_the_usual_form_and_declines_the_rest() {
+        let id: &[u8] = &[0xc4, 16, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7];
+        let usual = state_update(&[
+            ("timestamp", &[0xcd, 1, 0]),
+            ("extra", &[0x92, 1, 2]),
+            ("update_data", &[0x92, 1, 0xcc, 200]),
+            ("source_instance_id", id),
+        ]);
+        let (uuid, timestamp, span) = state_update_fields(&usual).unwrap();
+        assert_eq!((uuid, timestamp), ([7; 16], 256));
+        assert_eq!(&usual[span], &[0x92, 1, 0xcc, 200]);
+
+        let repeated = state_update(&[
+            ("timestamp", &[1]),
+            ("timestamp", &[2]),
+            ("update_data", &[0x90]),
+            ("source_instance_id", id),
+        ]);
+        let missing = state_update(&[("timestamp", &[1]), ("source_instance_id", id)]);
+        let str_id = state_update(&[
+            ("timestamp", &[1]),
+            ("update_data", &[0x90]),
+            ("source_instance_id", &[0xa1, b'x']),
+        ]);
+        let big_element = state_update(&[
+            ("timestamp", &[1]),
+            ("update_data", &[0x91, 0xcd, 1, 0]),
+            ("source_instance_id", id),
+        ]);
+        for declined in [repeated, missing, str_id, big_element] {
+            assert!(state_update_fields(&declined).is_none());
+        }
+    }
+
+    #[test]
+    fn byte_arrays_are_bins_or_small_uints() {
+        assert!(byte_array(&[0xc4, 2, 1, 2]));
+        assert!(byte_array(&[0x93, 1, 0xcc, 0xff, 0x7f]));
+        assert!(
+            !byte_array(&[0x92, 1, 0xcd, 0x01, 0x00]),
+            "256 is not a byte"
+        );
+        assert!(!byte_array(&[0x91, 0xff]), "negative fixint");
+        assert!(!byte_array(&[0xa1, b'x']), "a string");
     }
 
     #[test]

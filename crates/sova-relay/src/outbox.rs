@@ -1,49 +1,62 @@
 //! The bounded queue of encoded frames in front of one instance, and the writer task that
 //! drains it. Producers never wait: a queue that is full marks its consumer as slow and it
 //! is disconnected, so one stalled instance cannot hold back anybody else.
+//!
+//! The queue is a `VecDeque` behind a short mutex rather than a channel: a producer appends
+//! and wakes the writer only when the queue was empty, and the writer takes everything
+//! queued in one swap, so a burst costs one wake-up and one vectored write, not one per frame.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::reason::DisconnectReason;
 
-/// Frames written in one vectored write, at most.
-const MAX_BATCH: usize = 64;
+/// Frames written in one vectored write, at most (below every platform's IOV_MAX).
+const MAX_BATCH: usize = 512;
+
+/// Frames of queue space a connection keeps between bursts.
+const IDLE_CAPACITY: usize = 16;
 
 /// How long a best-effort farewell (`Error` before an abrupt close) may take.
 const FAREWELL_TIMEOUT: Duration = Duration::from_millis(250);
 
-enum Outgoing {
-    Frame(Bytes),
-    /// Write everything queued before this, say why, and close the connection.
-    Finish(Option<DisconnectReason>),
-}
-
 /// A cheap-to-clone handle for queueing frames to one connection.
 #[derive(Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Outgoing>,
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer when the queue stops being empty, or a finish is requested.
+    ready: Notify,
     /// Bytes queued and not yet written; the bound that makes the queue bounded.
     pending: AtomicUsize,
     max_pending: usize,
+    /// Set with `killed`, and checked on every push without taking a lock.
+    stopped: AtomicBool,
     /// Cancelled to stop the connection at once (slow consumer, write failure, hard stop).
     killed: CancellationToken,
     /// Cancelled to end the connection after its queue drains (kick).
     close_requested: CancellationToken,
     /// Why it was killed or closed: the first reason wins.
     reason: OnceLock<DisconnectReason>,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// Set once: write what is queued, say why, and close.
+    finish: Option<Option<DisconnectReason>>,
 }
 
 /// Why a frame could not be queued.
@@ -58,24 +71,25 @@ pub(crate) enum PushError {
 impl Outbox {
     /// Creates a queue bounded to `max_pending` bytes; `stop` kills it when cancelled.
     pub(crate) fn new(max_pending: usize, stop: &CancellationToken) -> (Self, Receiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
             pending: AtomicUsize::new(0),
             max_pending,
+            stopped: AtomicBool::new(false),
             killed: stop.child_token(),
             close_requested: CancellationToken::new(),
             reason: OnceLock::new(),
         });
         let receiver = Receiver {
-            rx,
             shared: shared.clone(),
         };
-        (Self { tx, shared }, receiver)
+        (Self { shared }, receiver)
     }
 
     /// Queues a frame unless that would exceed the byte bound.
     pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        if self.shared.killed.is_cancelled() {
+        if self.shared.stopped.load(Ordering::Relaxed) {
             return Err(PushError::Closed);
         }
         let len = frame.len();
@@ -84,9 +98,19 @@ impl Outbox {
             self.shared.pending.fetch_sub(len, Ordering::Relaxed);
             return Err(PushError::Full);
         }
-        self.tx
-            .send(Outgoing::Frame(frame))
-            .map_err(|_| PushError::Closed)
+        let mut queue = self.shared.lock();
+        if queue.finish.is_some() {
+            drop(queue);
+            self.shared.pending.fetch_sub(len, Ordering::Relaxed);
+            return Err(PushError::Closed);
+        }
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame);
+        drop(queue);
+        if was_empty {
+            self.shared.ready.notify_one();
+        }
+        Ok(())
     }
 
     /// Queues a frame; a consumer too slow to take it is killed as a slow consumer.
@@ -107,7 +131,12 @@ impl Outbox {
     /// Closes gracefully: everything queued is written, then the instance is told why
     /// (when `reason` has something to say), then the connection closes.
     pub(crate) fn finish(&self, reason: Option<DisconnectReason>) {
-        let _ = self.tx.send(Outgoing::Finish(reason));
+        let mut queue = self.shared.lock();
+        if queue.finish.is_none() {
+            queue.finish = Some(reason);
+        }
+        drop(queue);
+        self.shared.ready.notify_one();
     }
 
     /// Asks the connection's reader to end for `reason`, letting the queue drain first
@@ -125,7 +154,7 @@ impl Outbox {
     /// Stops the connection at once; the first reason given is the one reported.
     pub(crate) fn kill(&self, reason: DisconnectReason) {
         let _ = self.shared.reason.set(reason);
-        self.shared.killed.cancel();
+        self.shared.stop();
     }
 
     /// Resolves when the connection has been killed.
@@ -148,63 +177,78 @@ impl Outbox {
     }
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.killed.cancel();
+    }
+}
+
 /// The consuming end, owned by the writer task.
 pub(crate) struct Receiver {
-    rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 }
 
 impl Receiver {
     /// Drains the queue into `sink` until a graceful finish, a kill or a write failure.
     /// A write that takes longer than `write_timeout` marks the consumer as slow.
-    pub(crate) async fn run_writer(mut self, mut sink: impl FrameSink, write_timeout: Duration) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+    pub(crate) async fn run_writer(self, mut sink: impl FrameSink, write_timeout: Duration) {
+        let mut batch = VecDeque::new();
         loop {
-            let mut finish = None;
-            tokio::select! {
-                biased;
-                _ = self.shared.killed.cancelled() => break,
-                item = self.rx.recv() => match item {
-                    Some(Outgoing::Frame(frame)) => batch.push(frame),
-                    Some(Outgoing::Finish(reason)) => finish = Some(reason),
-                    None => finish = Some(None),
-                },
-            }
-            while finish.is_none() && batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(Outgoing::Frame(frame)) => batch.push(frame),
-                    Ok(Outgoing::Finish(reason)) => finish = Some(reason),
-                    Err(_) => break,
+            let finish = {
+                let mut queue = self.shared.lock();
+                std::mem::swap(&mut queue.frames, &mut batch);
+                if batch.is_empty() {
+                    queue.finish.take()
+                } else {
+                    None
+                }
+            };
+            if batch.is_empty() && finish.is_none() {
+                tokio::select! {
+                    biased;
+                    _ = self.shared.killed.cancelled() => break,
+                    _ = self.shared.ready.notified() => continue,
                 }
             }
             if let Some(frame) = finish.as_ref().and_then(|r| r.as_ref()?.farewell()) {
-                batch.push(frame);
+                batch.push_back(frame);
             }
-            let written: usize = batch.iter().map(Bytes::len).sum();
-            let outcome = tokio::select! {
-                biased;
-                _ = self.shared.killed.cancelled() => return,
-                outcome = tokio::time::timeout(write_timeout, sink.write_frames(&batch)) => outcome,
-            };
-            batch.clear();
-            match outcome {
-                Ok(Ok(())) => {
-                    self.shared.pending.fetch_sub(written, Ordering::Relaxed);
+            while !batch.is_empty() {
+                let take = batch.len().min(MAX_BATCH);
+                let frames = &batch.make_contiguous()[..take];
+                let written: usize = frames.iter().map(Bytes::len).sum();
+                let outcome = tokio::select! {
+                    biased;
+                    _ = self.shared.killed.cancelled() => return,
+                    outcome = tokio::time::timeout(write_timeout, sink.write_frames(frames)) => outcome,
+                };
+                match outcome {
+                    Ok(Ok(())) => {
+                        self.shared.pending.fetch_sub(written, Ordering::Relaxed);
+                        batch.drain(..take);
+                    }
+                    Ok(Err(err)) => return self.fail(DisconnectReason::WriteFailed(err.kind())),
+                    Err(_) => return self.fail(DisconnectReason::WriteTimeout(write_timeout)),
                 }
-                Ok(Err(err)) => return self.fail(DisconnectReason::WriteFailed(err.kind())),
-                Err(_) => return self.fail(DisconnectReason::WriteTimeout(write_timeout)),
             }
             if let Some(reason) = finish {
                 let _ = tokio::time::timeout(write_timeout, sink.close(reason.as_ref())).await;
                 return;
             }
+            // After a burst, give back what an idle connection does not need.
+            batch.shrink_to(IDLE_CAPACITY);
         }
         self.farewell(&mut sink).await;
     }
 
     fn fail(&self, reason: DisconnectReason) {
         let _ = self.shared.reason.set(reason);
-        self.shared.killed.cancel();
+        self.shared.stop();
     }
 
     /// Killed between two writes, so the stream is at a frame boundary: try to say why.

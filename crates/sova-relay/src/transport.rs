@@ -21,6 +21,10 @@ use crate::outbox::{Outbox, StreamSink};
 use crate::server::Shared;
 use crate::{http, Config};
 
+/// Initial read buffer of a connection: enough for typical updates, small enough that
+/// thousands of idle instances cost little (the codec grows it for larger frames).
+const READ_BUFFER: usize = 1024;
+
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -118,7 +122,7 @@ pub(crate) async fn serve_framed_halves(
             .in_current_span(),
     );
     let codec = FrameCodec::new(handshake_limit(shared.config.max_message_size));
-    let inbound = FramedRead::new(reader, codec);
+    let inbound = FramedRead::with_capacity(reader, codec, READ_BUFFER);
     connection::serve(shared.clone(), outbox, peer, deadline, inbound).await;
 }
 

@@ -24,6 +24,9 @@ use crate::outbox::{FrameSink, Outbox};
 use crate::reason::DisconnectReason;
 use crate::server::Shared;
 
+/// Read buffer of one WebSocket connection, in bytes.
+const WS_READ_BUFFER: usize = 4096;
+
 /// Longest close reason a WebSocket close frame can carry, in bytes.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -35,9 +38,12 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let max = shared.config.max_message_size;
     let span = Span::current();
+    // tungstenite's default buffers are 128 KiB each per socket; updates are small.
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .on_failed_upgrade(|err| debug!(error = %err, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             // axum spawns this on its own; tracking it lets shutdown wait for it.

@@ -5,6 +5,7 @@
 
 mod ping;
 mod send;
+mod tls;
 mod watch;
 mod websocket;
 
@@ -118,10 +119,12 @@ pub struct Watch {
 impl Watch {
     /// Starts `watch --json` and waits until it is registered.
     pub async fn start(addr: &str, name: &str) -> Self {
-        let mut child = cli()
-            .args(["watch", "--json", "--addr", addr, "--name", name])
-            .spawn()
-            .unwrap();
+        Self::start_with(&["--addr", addr, "--name", name]).await
+    }
+
+    /// Starts `watch --json` with these arguments and waits until it is registered.
+    pub async fn start_with(args: &[&str]) -> Self {
+        let mut child = cli().args(["watch", "--json"]).args(args).spawn().unwrap();
         let stdout = Lines::spawn(child.stdout.take().unwrap());
         let mut stderr = Lines::spawn(child.stderr.take().unwrap());
         stderr.until("watching").await;

@@ -6,6 +6,7 @@ mod behaviour;
 mod relay;
 mod scripted;
 mod server;
+mod tls;
 mod websocket;
 
 use std::time::Duration;

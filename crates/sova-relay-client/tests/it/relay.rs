@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use sova_relay_client::{ClientError, Event, RelayClient, UpdateForm};
+use sova_relay_client::{ClientConfig, ClientError, Event, RelayClient, UpdateForm};
 
 use crate::scripted::PATIENCE;
 use crate::server::{relay_config, Proxy, TestServer};
@@ -132,10 +132,20 @@ async fn queued_updates_are_sent_in_order_after_the_relay_restarts() {
 /// relay restarts on its port while alice queues updates. Returns alice's `Disconnected`
 /// reason.
 pub async fn queued_updates_survive_a_restart(address: impl Fn(SocketAddr) -> String) -> String {
-    let server = TestServer::start(relay_config()).await;
+    queued_updates_survive_a_restart_of(relay_config, address, config("alice")).await
+}
+
+/// As [`queued_updates_survive_a_restart`], with a relay made by `relay` (e.g. with TLS) and
+/// alice configured as `alice_config`.
+pub async fn queued_updates_survive_a_restart_of(
+    relay: impl Fn() -> sova_relay::Config,
+    address: impl Fn(SocketAddr) -> String,
+    alice_config: ClientConfig,
+) -> String {
+    let server = TestServer::start(relay()).await;
     let addr = server.addr;
     let proxy = Proxy::start(addr).await;
-    let mut alice = RelayClient::connect(&address(proxy.addr), config("alice"))
+    let mut alice = RelayClient::connect(&address(proxy.addr), alice_config)
         .await
         .unwrap();
     let mut bob = RelayClient::connect(&server.addr(), config("bob"))
@@ -156,7 +166,7 @@ pub async fn queued_updates_survive_a_restart(address: impl Fn(SocketAddr) -> St
     for i in 0..5u8 {
         alice.send_update([i]).unwrap();
     }
-    let _server = TestServer::start_at(addr, relay_config()).await;
+    let _server = TestServer::start_at(addr, relay()).await;
     until(bob.events(), |e| *e == Event::Reconnected).await;
     proxy.set_open(true);
     until(alice.events(), |e| *e == Event::Reconnected).await;
