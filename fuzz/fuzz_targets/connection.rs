@@ -9,7 +9,7 @@
 //! Checked: the connection ends (time is paused, so every timeout fires at once and a hang
 //! shows up as the outer timeout), every byte the relay writes is a complete frame that
 //! `decode_body` accepts, nothing is echoed to its sender, a client without capabilities
-//! never gets a message it cannot decode, the peer receives exactly the updates the input
+//! never gets a message a Sova 0.1.x instance cannot decode (`field.rs`), the peer receives exactly the updates the input
 //! sent (in order, verbatim) when both share a session, and no instance is left registered.
 
 #![no_main]
@@ -29,6 +29,8 @@ use sova_relay_protocol::{
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf};
 use tokio::sync::oneshot;
 use tokio_util::codec::{Decoder, FramedRead};
+
+mod field;
 
 /// The id the PROTOCOL.md vectors use; replaced by the id the relay assigns.
 const VECTOR_ID: [u8; 16] = 0x123e4567_e89b_12d3_a456_426614174000_u128.to_be_bytes();
@@ -107,8 +109,12 @@ async fn peer(
                 fuzz_done = None;
                 write.shutdown().await.expect("peer shuts its write side");
             }
-            message = next_message(&mut frames) => match message {
-                Some(message) => seen.push(message),
+            message = next_body(&mut frames) => match message {
+                Some((message, body)) => {
+                    // The peer asked for no extension: it stands for an instance in the field.
+                    field::must_decode(&body, "sent to the peer");
+                    seen.push(message);
+                }
                 None => return seen,
             },
         }
@@ -133,14 +139,14 @@ async fn fuzz_client_side(client: DuplexStream, data: &[u8]) -> FuzzSide {
     let mut rest = rest.to_vec();
     if split_first_frame(data).is_some() {
         // A complete first frame (or a zero length): the relay always answers it.
-        let reply = next_message(&mut frames)
+        let reply = next_body(&mut frames)
             .await
             .expect("the relay answers a complete first frame");
         if let Message::RegistrationResponse {
             success: true,
             assigned_id: Some(id),
             ..
-        } = &reply
+        } = &reply.0
         {
             let register = decode_body(Bytes::copy_from_slice(&first[4..]))
                 .expect("the relay registered a frame that decodes");
@@ -154,7 +160,7 @@ async fn fuzz_client_side(client: DuplexStream, data: &[u8]) -> FuzzSide {
         let _ = write.shutdown().await;
     };
     let read_rest = async {
-        while let Some(message) = next_message(&mut frames).await {
+        while let Some(message) = next_body(&mut frames).await {
             received.push(message);
         }
     };
@@ -162,7 +168,14 @@ async fn fuzz_client_side(client: DuplexStream, data: &[u8]) -> FuzzSide {
     let pong = registered.as_ref().is_some_and(|(register, _)| {
         matches!(register, Message::RegisterInstance { capabilities: Some(c), .. } if c.iter().any(|c| c == CAPABILITY_PONG))
     });
-    for message in &received {
+    let old_client = match &registered {
+        Some((Message::RegisterInstance { capabilities, .. }, _)) => capabilities.is_none(),
+        _ => true,
+    };
+    for (message, body) in &received {
+        if old_client {
+            field::must_decode(body, "sent to a client without capabilities");
+        }
         match message {
             Message::StateBroadcast { .. } => panic!("an update was echoed to its sender"),
             Message::InstanceConnected { .. } => {
@@ -234,15 +247,21 @@ fn reader(read: ReadHalf<DuplexStream>) -> FramedRead<ReadHalf<DuplexStream>, Fr
 async fn next_message(
     frames: &mut FramedRead<ReadHalf<DuplexStream>, FrameCodec>,
 ) -> Option<Message> {
+    next_body(frames).await.map(|(message, _)| message)
+}
+
+/// The next message and its body as the relay wrote them; `None` at a clean end of stream.
+async fn next_body(
+    frames: &mut FramedRead<ReadHalf<DuplexStream>, FrameCodec>,
+) -> Option<(Message, Bytes)> {
     let body = match frames.next().await? {
         Ok(body) => body,
         Err(ProtocolError::Io(err)) => panic!("relay stream ended inside a frame: {err}"),
         Err(err) => panic!("the relay wrote an invalid frame: {err}"),
     };
-    Some(
-        decode_body(body.clone())
-            .unwrap_or_else(|err| panic!("the relay wrote an undecodable body {body:02x?}: {err}")),
-    )
+    let message = decode_body(body.clone())
+        .unwrap_or_else(|err| panic!("the relay wrote an undecodable body {body:02x?}: {err}"));
+    Some((message, body))
 }
 
 /// The peer must have received, in order and verbatim, every update the fuzzed instance

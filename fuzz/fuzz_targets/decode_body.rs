@@ -2,7 +2,8 @@
 //!
 //! It must never panic. What it accepts must re-encode to something that decodes to the
 //! same message, and a decoded `StateUpdate`'s `update_data`, spliced into a broadcast by
-//! `state_broadcast_frame`, must come back byte for byte in a `StateBroadcast`.
+//! `state_broadcast_frame`, must come back byte for byte in a `StateBroadcast`, and be
+//! readable by a Sova 0.1.x instance (`field.rs`).
 
 #![no_main]
 
@@ -12,6 +13,8 @@ use sova_relay_protocol::{
     decode_body, encode_frame, state_broadcast_frame, FrameCodec, Message, UpdateData,
 };
 use tokio_util::codec::Decoder;
+
+mod field;
 
 /// Splits a frame the relay built and decodes its body.
 fn decode_frame(frame: Bytes) -> Message {
@@ -24,7 +27,8 @@ fn decode_frame(frame: Bytes) -> Message {
     decode_body(body).unwrap_or_else(|err| panic!("re-encoded frame fails to decode: {err}"))
 }
 
-/// The broadcast of a decoded update carries its `update_data` verbatim.
+/// The broadcast of a decoded update carries its `update_data` verbatim, and instances in
+/// the field can read it.
 fn check_splice(timestamp: u64, update_data: &UpdateData) {
     let payload = update_data
         .to_vec()
@@ -33,7 +37,14 @@ fn check_splice(timestamp: u64, update_data: &UpdateData) {
         "bob",
         "a-name-long-enough-for-a-str8-header-to-be-used-here",
     ] {
-        match decode_frame(state_broadcast_frame(name, timestamp, update_data)) {
+        let frame = state_broadcast_frame(name, timestamp, update_data);
+        match field::must_decode(&frame[4..], "broadcast") {
+            field::FieldMessage::StateBroadcast { update_data, .. } => {
+                assert_eq!(update_data, payload, "a field instance reads other bytes")
+            }
+            other => panic!("a field instance reads the broadcast as {other:?}"),
+        }
+        match decode_frame(frame) {
             Message::StateBroadcast {
                 source_instance_name,
                 timestamp: t,
