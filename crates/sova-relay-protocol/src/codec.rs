@@ -63,7 +63,7 @@ impl Decoder for FrameCodec {
 /// Decodes one frame body. Accepts fields in any order, unknown fields, missing `Option`
 /// fields and the compact array form of a struct; `update_data` keeps its raw bytes.
 pub fn decode_body(body: Bytes) -> Result<Message, ProtocolError> {
-    raw::check_body(&body, MAX_NESTING_DEPTH)?;
+    // The hot path: a StateUpdate in its usual form, checked and read in one pass.
     if let Some((id, timestamp, span)) = raw::state_update_fields(&body) {
         return Ok(Message::StateUpdate {
             source_instance_id: uuid::Uuid::from_bytes(id),
@@ -71,6 +71,7 @@ pub fn decode_body(body: Bytes) -> Result<Message, ProtocolError> {
             update_data: UpdateData::from_checked_raw(body.slice(span))?,
         });
     }
+    raw::check_body(&body, MAX_NESTING_DEPTH)?;
     let mut message: Message =
         rmp_serde::from_slice(&body).map_err(|err| ProtocolError::Invalid(err.to_string()))?;
     match &mut message {

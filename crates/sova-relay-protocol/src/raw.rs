@@ -75,7 +75,13 @@ impl<'a> Cursor<'a> {
             .checked_sub(1)
             .ok_or(ProtocolError::TooDeep(crate::MAX_NESTING_DEPTH))?;
         for _ in 0..count {
-            self.skip_value(depth)?;
+            // Most elements of real messages are one- or two-byte integers: skip those
+            // without the general decoder.
+            match self.buf.get(self.pos) {
+                Some(0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff) => self.pos += 1,
+                Some(0xcc | 0xd0) if self.pos + 1 < self.buf.len() => self.pos += 2,
+                _ => self.skip_value(depth)?,
+            }
         }
         Ok(())
     }
@@ -154,33 +160,39 @@ pub(crate) fn field_span(body: &[u8], name: &str, index: usize) -> Result<Range<
 /// The fields of a `StateUpdate` in its usual form, read without serde: the hot path of the
 /// relay. `None` means "not the usual form" (another variant, a missing, repeated or
 /// unusually encoded field, …): the caller then decodes through serde, which gives the
-/// same result or the precise error. Expects a body already passed by [`check_body`].
+/// same result or the precise error. Everything read is checked as [`check_body`] would
+/// (well-formed values, bounded nesting, no trailing bytes), in the same single pass.
 pub(crate) fn state_update_fields(body: &[u8]) -> Option<([u8; 16], u64, Range<usize>)> {
     let mut cursor = Cursor::new(body);
     if !matches!(cursor.head().ok()?, Head::Map(1)) || cursor.str().ok()?? != b"StateUpdate" {
         return None;
     }
     let (mut id, mut timestamp, mut data) = (None, None, None);
-    let fields = cursor.head().ok()?;
-    let Head::Map(count) = fields else {
+    let Head::Map(count) = cursor.head().ok()? else {
         return None;
     };
     for _ in 0..count {
         let key = cursor.str().ok()??;
         let start = cursor.pos;
-        cursor.skip_value(crate::MAX_NESTING_DEPTH).ok()?;
-        let value = &body[start..cursor.pos];
-        let slot_filled = match key {
-            b"source_instance_id" => id.replace(uuid_bytes(value)?).is_some(),
-            b"timestamp" => timestamp.replace(uint(value)?).is_some(),
-            b"update_data" => data
-                .replace(byte_array(value).then_some(start..cursor.pos)?)
-                .is_some(),
-            _ => false,
+        let slot_filled = if key == b"update_data" {
+            cursor.pos = byte_array_end(body, start)?;
+            data.replace(start..cursor.pos).is_some()
+        } else {
+            // The value sits two levels down (variant map, field map).
+            cursor.skip_value(crate::MAX_NESTING_DEPTH - 2).ok()?;
+            let value = &body[start..cursor.pos];
+            match key {
+                b"source_instance_id" => id.replace(uuid_bytes(value)?).is_some(),
+                b"timestamp" => timestamp.replace(uint(value)?).is_some(),
+                _ => false,
+            }
         };
         if slot_filled {
             return None;
         }
+    }
+    if cursor.pos != body.len() {
+        return None;
     }
     Some((id?, timestamp?, data?))
 }
@@ -202,30 +214,36 @@ fn uint(value: &[u8]) -> Option<u64> {
     }
 }
 
-/// A bin, or an array whose every element is an unsigned integer up to 255.
-fn byte_array(value: &[u8]) -> bool {
-    let mut cursor = Cursor::new(value);
-    match cursor.head() {
-        Ok(Head::Bin(_)) => true,
-        Ok(Head::Array(count)) => {
-            let elements = &value[cursor.pos..];
-            let mut at = 0;
+/// Where the value at `start` ends, if it is a bin, or an array whose every element is an
+/// unsigned integer up to 255 (what Sova instances decode as `Vec<u8>`). One tight pass:
+/// this is the payload of every update.
+fn byte_array_end(body: &[u8], start: usize) -> Option<usize> {
+    let mut cursor = Cursor::new(body);
+    cursor.pos = start;
+    match cursor.head().ok()? {
+        Head::Bin(len) => cursor.take(len).ok().map(|_| cursor.pos),
+        Head::Array(count) => {
+            let mut at = cursor.pos;
             for _ in 0..count {
-                match elements.get(at) {
-                    Some(0x00..=0x7f) => at += 1,
-                    Some(0xcc) => at += 2,
-                    _ => return false,
+                match body.get(at)? {
+                    0x00..=0x7f => at += 1,
+                    0xcc if at + 1 < body.len() => at += 2,
+                    _ => return None,
                 }
             }
-            at == elements.len()
+            Some(at)
         }
-        _ => false,
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn byte_array(value: &[u8]) -> bool {
+        byte_array_end(value, 0) == Some(value.len())
+    }
 
     #[test]
     fn nesting_beyond_the_limit_is_refused_without_recursing_further() {
