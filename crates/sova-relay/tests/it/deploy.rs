@@ -83,7 +83,7 @@ struct Relay {
     child: Child,
     addr: SocketAddr,
     /// Its log lines; kept, so that the pipe stays open while it runs.
-    _lines: mpsc::Receiver<String>,
+    _lines: Option<mpsc::Receiver<String>>,
 }
 
 impl Relay {
@@ -113,8 +113,33 @@ impl Relay {
         Relay {
             child,
             addr,
-            _lines: lines,
+            _lines: Some(lines),
         }
+    }
+
+    /// Starts a relay, then closes the read end of its stderr once it listens, so that
+    /// every later log line meets a broken pipe.
+    fn start_then_close_stderr(args: &[&str]) -> Self {
+        let mut child = relay(args, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut relay = Relay {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            _lines: None,
+        };
+        relay.addr = loop {
+            let mut line = String::new();
+            let read = log.read_line(&mut line).unwrap();
+            assert_ne!(read, 0, "the relay never listened");
+            if let Some((_, addr)) = line.split_once("Listening on ") {
+                break addr.trim().parse().unwrap();
+            }
+        };
+        relay
     }
 
     /// SIGTERM, then waits for the exit.
@@ -215,32 +240,17 @@ async fn the_relay_runs_with_the_settings_of_its_file() {
 /// Docker's or journald's end of the pipe can go away; the relay must not care.
 #[tokio::test]
 async fn a_relay_whose_stderr_is_closed_keeps_serving() {
-    let mut child = relay(
-        &["--host", "127.0.0.1", "--port", "0", "--max-instances", "1"],
-        &[],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let addr: SocketAddr = loop {
-        let mut line = String::new();
-        assert_ne!(
-            log.read_line(&mut line).unwrap(),
-            0,
-            "the relay never listened"
-        );
-        if let Some((_, addr)) = line.split_once("Listening on ") {
-            break addr.trim().parse().unwrap();
-        }
-    };
-    drop(log);
-    let _alice = TestClient::register(addr, "alice", None).await;
-    let (_bob, refused) = TestClient::register_with(addr, "bob", None, None).await;
+    let relay = Relay::start_then_close_stderr(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-instances",
+        "1",
+    ]);
+    let _alice = TestClient::register(relay.addr, "alice", None).await;
+    let (_bob, refused) = TestClient::register_with(relay.addr, "bob", None, None).await;
     assert_eq!(refused, Message::error("Maximum instances (1) reached"));
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
