@@ -52,13 +52,21 @@ pub(crate) async fn serve(
                 accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => accepted,
             };
             match accepted {
-                Ok(Ok(stream)) => serve_tls(shared, router, stream, addr, deadline).await,
+                // Boxed, like HTTP below: a rare, large state that would otherwise size
+                // every idle instance's task.
+                Ok(Ok(stream)) => Box::pin(serve_tls(shared, router, stream, addr, deadline)).await,
                 Ok(Err(err)) => tls_failed(&shared, addr, &err.to_string()),
                 Err(_) => tls_failed(&shared, addr, "handshake timeout"),
             }
         }
         (byte, _, Some(router)) if byte.is_ascii_uppercase() => {
-            http::serve(shared, router, stream, Peer::plain(addr, "websocket")).await;
+            Box::pin(http::serve(
+                shared,
+                router,
+                stream,
+                Peer::plain(addr, "websocket"),
+            ))
+            .await;
         }
         _ => {
             info!("New connection from {addr}");
