@@ -120,6 +120,17 @@ pub fn encode_body(message: &Message, dst: &mut BytesMut) {
             update_data,
             *seq,
         ),
+        // Written by hand, like the state messages, so `data` goes out exactly as it arrived:
+        // serde would re-encode it (an int8 `d0 12` in the array would become `12`).
+        Message::SessionSnapshot { seq, data } => {
+            dst.put_u8(0x81);
+            put_str(dst, "SessionSnapshot");
+            dst.put_u8(0x82);
+            put_str(dst, "seq");
+            put_uint(dst, *seq);
+            put_str(dst, "data");
+            dst.put_slice(data.raw());
+        }
         other => {
             // Writing to memory cannot fail and every field type is serializable, so an
             // error here would be a bug in the types above.

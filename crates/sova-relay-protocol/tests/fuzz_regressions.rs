@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use serde::Deserialize;
-use sova_relay_protocol::{decode_body, state_broadcast_frame, Message, UpdateData};
+use sova_relay_protocol::{decode_body, encode_frame, state_broadcast_frame, Message, UpdateData};
 
 /// The body of PROTOCOL.md's `StateUpdate` vector up to `update_data`'s value.
 const STATE_UPDATE_HEAD: &str = "81ab537461746555706461746583b2736f757263655f696e7374616e63655f6964c410123e4567e89b12d3a456426614174000a974696d657374616d70cf0000018d0cabfed8ab7570646174655f64617461";
@@ -89,6 +89,40 @@ fn arrays_and_bins_still_round_trip_verbatim() {
         let frame = state_broadcast_frame("bob", 7, &data);
         match decode_body(frame.slice(4..)).unwrap() {
             Message::StateBroadcast { update_data, .. } => assert_eq!(update_data, data),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The fuzzer's reproducer: `{8: [1, [1, int8 18]]}`, a `SessionSnapshot` whose `data` holds a
+/// byte in a longer encoding than needed. Re-encoded through serde, `data` lost its form,
+/// though a snapshot's data is forwarded verbatim.
+#[test]
+fn a_snapshot_keeps_its_data_verbatim() {
+    let named = |data: &str| {
+        // {"SessionSnapshot": {"seq": 1, "data": <data>}}
+        let head = "81af53657373696f6e536e617073686f7482a373657101a464617461";
+        Bytes::from(hex::decode(format!("{head}{data}")).unwrap())
+    };
+    let compact = Bytes::from_static(&[0x81, 0x08, 0x92, 0x01, 0x92, 0x01, 0xd0, 0x12]);
+    for body in [
+        compact,
+        named("9201d012"),
+        named("92cd0001cc05"),
+        named("c403010203"),
+    ] {
+        let Ok(message) = decode_body(body.clone()) else {
+            continue; // the variant index may name another message one day
+        };
+        let Message::SessionSnapshot { data, .. } = &message else {
+            continue;
+        };
+        let raw = data.raw().clone();
+        let again = decode_body(encode_frame(&message).slice(4..)).unwrap();
+        match again {
+            Message::SessionSnapshot { data, .. } => {
+                assert_eq!(data.raw(), &raw, "{body:02x?}: data re-encoded")
+            }
             other => panic!("{other:?}"),
         }
     }
