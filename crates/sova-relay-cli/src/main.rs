@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Register and print one line per event (updates, joins, leaves); reconnects forever.
+    /// Register and print one line per event (updates, joins, leaves); reconnects forever,
+    /// resuming where it stopped.
     Watch(watch::WatchArgs),
     /// Register, send updates, wait until they are written, and exit.
     Send(send::SendArgs),

@@ -51,6 +51,15 @@ fn event_json(event: &Event) -> Value {
         Event::Error(message) => json!({"type": "error", "message": message}),
         Event::Disconnected(reason) => json!({"type": "disconnected", "reason": reason}),
         Event::Reconnected => json!({"type": "reconnected"}),
+        Event::Resynced => json!({"type": "resynced"}),
+        Event::ResyncRequired => json!({"type": "resync_required"}),
+        Event::Snapshot { seq, data } => {
+            let mut object = json!({"type": "snapshot", "seq": seq, "data": BASE64.encode(data)});
+            if let (Some(decoded), Some(map)) = (msgpack_to_json(data), object.as_object_mut()) {
+                map.insert("decoded".to_owned(), decoded);
+            }
+            object
+        }
     }
 }
 
@@ -70,6 +79,11 @@ fn event_text(event: &Event) -> String {
         Event::Error(message) => format!("error message={message:?}"),
         Event::Disconnected(reason) => format!("disconnected reason={reason:?}"),
         Event::Reconnected => "reconnected".to_owned(),
+        Event::Resynced => "resynced".to_owned(),
+        Event::ResyncRequired => "resync_required".to_owned(),
+        Event::Snapshot { seq, data } => {
+            format!("snapshot seq={seq} size={} {}", data.len(), describe(data))
+        }
     }
 }
 
@@ -119,6 +133,26 @@ mod tests {
         assert!(format_event(&broadcast(&[0x91, 0x07]), false).ends_with("decoded=[7]"));
         assert!(format_event(&broadcast(&[0xc1, 0x00]), false).ends_with("base64=wQA="));
         assert_eq!(format_event(&Event::Reconnected, false), "reconnected");
+        assert_eq!(
+            format_event(&Event::Resynced, true),
+            r#"{"type":"resynced"}"#
+        );
+        assert_eq!(
+            format_event(&Event::ResyncRequired, true),
+            r#"{"type":"resync_required"}"#
+        );
+        let snapshot = Event::Snapshot {
+            seq: 7,
+            data: b"a=1".to_vec(),
+        };
+        assert_eq!(
+            format_event(&snapshot, true),
+            r#"{"data":"YT0x","seq":7,"type":"snapshot"}"#
+        );
+        assert_eq!(
+            format_event(&snapshot, false),
+            r#"snapshot seq=7 size=3 text="a=1""#
+        );
         assert_eq!(
             format_event(&Event::Disconnected("gone".to_owned()), true),
             r#"{"reason":"gone","type":"disconnected"}"#

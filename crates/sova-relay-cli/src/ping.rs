@@ -32,7 +32,8 @@ pub async fn run(args: PingArgs, sova_version: &str) -> anyhow::Result<()> {
         .name
         .unwrap_or_else(|| format!("ping-{:08x}", fastrand::u32(..)));
     let config = client_config(&args.target, &name, args.token.as_deref(), sova_version)
-        .reconnect(ReconnectConfig::disabled());
+        .reconnect(ReconnectConfig::disabled())
+        .resume(false);
     let addr = args.target.address();
     let client = RelayClient::connect(&addr, config)
         .await

@@ -44,7 +44,9 @@ pub async fn run(args: SendArgs, sova_version: &str) -> anyhow::Result<()> {
         args.identity.token.as_deref(),
         sova_version,
     )
-    .reconnect(ReconnectConfig::disabled());
+    // Never reconnects, so it has nothing to resume (and the relay keeps no history for it).
+    .reconnect(ReconnectConfig::disabled())
+    .resume(false);
     let addr = args.target.address();
     let client = RelayClient::connect(&addr, config)
         .await

@@ -18,16 +18,23 @@ pub struct WatchArgs {
     /// One JSON object per line instead of `key=value` text.
     #[arg(long)]
     json: bool,
+    /// Ask for the session's snapshot (printed as a `snapshot` line) when joining and after
+    /// a `resync_required`.
+    #[arg(long)]
+    snapshots: bool,
 }
 
-/// Runs `watch` until Ctrl+C/SIGTERM (exit 0) or a rejection retrying cannot fix.
+/// Runs `watch` until Ctrl+C/SIGTERM (exit 0) or a rejection retrying cannot fix. After a
+/// lost connection the client resumes by itself: the missed updates are printed after a
+/// `resynced` line, or a `resync_required` line says some were lost.
 pub async fn run(args: WatchArgs, sova_version: &str) -> anyhow::Result<()> {
     let config = client_config(
         &args.target,
         &args.identity.name,
         args.identity.token.as_deref(),
         sova_version,
-    );
+    )
+    .snapshots(args.snapshots);
     let addr = args.target.address();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sova_relay_protocol::UpdateData;
+use sova_relay_protocol::{UpdateData, CAPABILITY_SNAPSHOT};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -18,6 +18,10 @@ use crate::{ClientConfig, ClientError, ClockOffset, Event, Events, Peer, UpdateF
 /// field map (1), `source_instance_id` and its 16-byte bin (37), `timestamp` and a u64 (19),
 /// `update_data` key (12).
 const STATE_UPDATE_OVERHEAD: usize = 82;
+
+/// Size of a `SessionSnapshot` body around its `data`, at most: map and variant name (17),
+/// field map (1), `seq` and a u64 (13), `data` key (5).
+const SNAPSHOT_OVERHEAD: usize = 36;
 
 /// Requests (`ping`, `close`) that may wait for the task at once.
 const CONTROL_CAPACITY: usize = 64;
@@ -53,7 +57,7 @@ impl RelayClient {
     /// This first attempt is not retried: reconnection applies once registered.
     pub async fn connect(address: &str, config: ClientConfig) -> Result<Self, ClientError> {
         let target = Target::new(address, config.ca_file.as_deref())?;
-        let (transport, registration) = register(&target, &config).await?;
+        let (transport, registration) = register(&target, &config, None).await?;
         tracing::info!(relay = %target, id = %registration.id, name = %config.name, "registered");
         let (shared, written) = Shared::new(&registration);
         let shared = Arc::new(shared);
@@ -75,10 +79,11 @@ impl RelayClient {
             events: events_tx,
             written,
         };
-        tokio::spawn(Task::new(target, config, shared, channels).run(transport));
+        let task = Task::new(target, config, &registration, Arc::clone(&shared), channels);
+        tokio::spawn(task.run(transport));
         Ok(Self {
             sender,
-            events: Events::new(events),
+            events: Events::new(events, shared),
         })
     }
 
@@ -119,6 +124,11 @@ impl RelayClient {
     /// Queues an update, waiting for room; see [`RelaySender::send_update_wait`].
     pub async fn send_update_wait(&self, data: impl AsRef<[u8]>) -> Result<(), ClientError> {
         self.sender.send_update_wait(data).await
+    }
+
+    /// Queues a snapshot of the session's state; see [`RelaySender::send_snapshot`].
+    pub fn send_snapshot(&self, data: impl AsRef<[u8]>) -> Result<(), ClientError> {
+        self.sender.send_snapshot(data)
     }
 
     /// Waits until every update queued so far is written; see [`RelaySender::flush`].
@@ -174,7 +184,44 @@ impl RelaySender {
         timestamp: u64,
     ) -> Result<(), ClientError> {
         let update = self.outgoing(data.as_ref(), timestamp)?;
-        self.updates.try_send(update).map_err(|err| match err {
+        self.enqueue(update)
+    }
+
+    /// Queues a `SessionSnapshot` for late joiners (and clients that must resync): `data` is
+    /// the application's state with every broadcast it has taken from the event stream
+    /// applied (the last one's `seq` goes with it, or a `Snapshot`'s) and every update it has
+    /// queued before this call. Written in order with those updates; `data` is forwarded
+    /// byte for byte to the clients that join later, as [`Event::Snapshot`].
+    ///
+    /// Needs [`ClientConfig::snapshots`](crate::ClientConfig) and a relay that granted the
+    /// capability ([`ClientError::NotGranted`] otherwise). A snapshot still queued when the
+    /// session restarts (new epoch: relay restart, session recreated) is not sent: an
+    /// [`Event::Error`] says so, since the state it describes belongs to the old session.
+    pub fn send_snapshot(&self, data: impl AsRef<[u8]>) -> Result<(), ClientError> {
+        let (granted, position) = {
+            let state = self.shared.lock();
+            let granted = state.capabilities.iter().any(|c| c == CAPABILITY_SNAPSHOT);
+            (granted, state.consumed)
+        };
+        if !granted {
+            return Err(ClientError::NotGranted(CAPABILITY_SNAPSHOT));
+        }
+        let at = position.ok_or_else(|| {
+            ClientError::Unexpected("the relay gave no position in the session".to_owned())
+        })?;
+        let data = UpdateData::from_bin(data.as_ref());
+        let len = data.raw().len() + SNAPSHOT_OVERHEAD;
+        if len > self.max_message_size {
+            return Err(ClientError::TooLarge {
+                len,
+                max: self.max_message_size,
+            });
+        }
+        self.enqueue(Outgoing::Snapshot { at, data })
+    }
+
+    fn enqueue(&self, item: Outgoing) -> Result<(), ClientError> {
+        self.updates.try_send(item).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => ClientError::QueueFull {
                 capacity: self.queue_capacity,
             },
@@ -207,7 +254,7 @@ impl RelaySender {
                 max: self.max_message_size,
             });
         }
-        Ok(Outgoing { timestamp, data })
+        Ok(Outgoing::Update { timestamp, data })
     }
 
     /// Waits until every update queued before this call has been written to the socket

@@ -32,6 +32,14 @@ pub struct ClientConfig {
     pub update_form: UpdateForm,
     /// Automatic reconnection after a lost connection.
     pub reconnect: ReconnectConfig,
+    /// Resume after a lost connection without missing a broadcast (capability `resume`,
+    /// on by default): see the [crate] docs. Off, a reconnection starts afresh, and what
+    /// was broadcast meanwhile is lost to this client.
+    pub resume: bool,
+    /// Receive the session's snapshot when joining (and after [`crate::Event::ResyncRequired`]),
+    /// and allow publishing one with [`crate::RelaySender::send_snapshot`] (capability
+    /// `snapshot`, off by default).
+    pub snapshots: bool,
     /// A PEM file of CA certificates to trust for `tls://` and `wss://`, besides the
     /// built-in roots (Mozilla's, from webpki-roots), e.g. a relay's private CA. Read once,
     /// by [`crate::RelayClient::connect`].
@@ -54,6 +62,8 @@ impl ClientConfig {
             update_form: UpdateForm::Array,
             reconnect: ReconnectConfig::default(),
             ca_file: None,
+            resume: true,
+            snapshots: false,
         }
     }
 
@@ -72,6 +82,18 @@ impl ClientConfig {
     /// Trusts the CA certificates of a PEM file for `tls://` and `wss://` (see `ca_file`).
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Turns snapshots on or off (see `snapshots`).
+    pub fn snapshots(mut self, on: bool) -> Self {
+        self.snapshots = on;
+        self
+    }
+
+    /// Turns resuming on or off (see `resume`).
+    pub fn resume(mut self, on: bool) -> Self {
+        self.resume = on;
         self
     }
 

@@ -70,6 +70,10 @@ pub enum ClientError {
         /// The configured maximum message size.
         max: usize,
     },
+    /// The relay did not grant a capability this call needs (the client did not ask for
+    /// it, or the relay predates it).
+    #[error("the relay did not grant the `{0}` capability")]
+    NotGranted(&'static str),
     /// The client is currently disconnected (reconnecting); try again later.
     #[error("not connected to the relay")]
     NotConnected,

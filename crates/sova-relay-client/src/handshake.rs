@@ -3,7 +3,8 @@
 use std::io;
 
 use sova_relay_protocol::{
-    encode_frame, validate_instance_name, Message, CAPABILITY_PONG, CAPABILITY_PRESENCE,
+    encode_frame, validate_instance_name, Message, ResumeRequest, CAPABILITY_PONG,
+    CAPABILITY_PRESENCE, CAPABILITY_RESUME, CAPABILITY_SNAPSHOT,
 };
 use uuid::Uuid;
 
@@ -19,19 +20,28 @@ pub(crate) struct Registration {
     pub(crate) peers: Vec<Peer>,
     /// Capabilities the relay granted (empty for relays that predate extensions).
     pub(crate) capabilities: Vec<String>,
+    /// The session's epoch (relays with extensions).
+    pub(crate) epoch: Option<u64>,
+    /// The session's latest broadcast at registration (relays with extensions).
+    pub(crate) seq: Option<u64>,
+    /// With `resume`: the secret to present when resuming this registration.
+    pub(crate) resume_secret: Option<String>,
+    /// When we asked to resume: `ok` or `resync_required`.
+    pub(crate) resumed: Option<String>,
 }
 
-/// Connects to `target` and registers as `config.name`.
+/// Connects to `target` and registers as `config.name`, resuming where `resume` says.
 pub(crate) async fn register(
     target: &Target,
     config: &ClientConfig,
+    resume: Option<ResumeRequest>,
 ) -> Result<(Transport, Registration), ClientError> {
     validate_instance_name(&config.name).map_err(ClientError::InvalidName)?;
     let limit = config.connect_timeout;
     let attempt = async {
         let mut transport = Transport::connect(target, config.max_message_size).await?;
         transport
-            .send([encode_frame(&register_message(config))], limit)
+            .send([encode_frame(&register_message(config, resume))], limit)
             .await?;
         let registration = await_response(&mut transport, config).await?;
         Ok((transport, registration))
@@ -41,16 +51,20 @@ pub(crate) async fn register(
         .unwrap_or(Err(ClientError::Timeout(limit)))
 }
 
-fn register_message(config: &ClientConfig) -> Message {
+fn register_message(config: &ClientConfig, resume: Option<ResumeRequest>) -> Message {
+    let mut capabilities = vec![CAPABILITY_PONG.to_owned(), CAPABILITY_PRESENCE.to_owned()];
+    if config.resume {
+        capabilities.push(CAPABILITY_RESUME.to_owned());
+    }
+    if config.snapshots {
+        capabilities.push(CAPABILITY_SNAPSHOT.to_owned());
+    }
     Message::RegisterInstance {
         instance_name: config.name.clone(),
         version: config.sova_version.clone(),
         session_token: config.session_token.clone(),
-        capabilities: Some(vec![
-            CAPABILITY_PONG.to_owned(),
-            CAPABILITY_PRESENCE.to_owned(),
-        ]),
-        resume: None,
+        capabilities: Some(capabilities),
+        resume: resume.filter(|_| config.resume),
     }
 }
 
@@ -78,6 +92,10 @@ async fn await_response(
                 assigned_id: Some(id),
                 current_instances,
                 capabilities,
+                epoch,
+                seq,
+                resume_secret,
+                resumed,
                 ..
             } => {
                 let peers = current_instances
@@ -92,6 +110,10 @@ async fn await_response(
                     id,
                     peers,
                     capabilities,
+                    epoch,
+                    seq,
+                    resume_secret,
+                    resumed,
                 });
             }
             Message::RegistrationResponse {

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::clock::ClockEstimator;
 use crate::handshake::Registration;
+use crate::resume::SeqPosition;
 use crate::Peer;
 
 /// Shared between the handles and the task. The mutex is a std one because it guards a few
@@ -33,6 +34,9 @@ pub(crate) struct State {
     pub(crate) capabilities: Vec<String>,
     /// Round trips and relay timestamps of the current connection.
     pub(crate) clock: ClockEstimator,
+    /// How far the application's state reaches: the last broadcast, snapshot or resync it
+    /// took from the event stream. What a snapshot it publishes claims to contain.
+    pub(crate) consumed: Option<SeqPosition>,
 }
 
 impl Shared {
@@ -46,6 +50,10 @@ impl Shared {
             written,
         };
         shared.registered(registration);
+        shared.lock().consumed = registration.epoch.map(|epoch| SeqPosition {
+            epoch,
+            seq: registration.seq.unwrap_or(0),
+        });
         (shared, written_tx)
     }
 
@@ -62,6 +70,11 @@ impl Shared {
         state.capabilities = registration.capabilities.clone();
         state.clock = ClockEstimator::default();
         std::mem::replace(&mut state.peers, registration.peers.clone())
+    }
+
+    /// Records that the application took in an event that moves its state to `position`.
+    pub(crate) fn consumed(&self, position: SeqPosition) {
+        self.lock().consumed = Some(position);
     }
 
     /// Records the loss of the connection.

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sova_relay_protocol::{encode_frame, Message, UpdateData};
+use sova_relay_protocol::{encode_frame, Message, ResumeRequest, UpdateData, CAPABILITY_SNAPSHOT};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
+use crate::event::Delivered;
 use crate::handshake::{register, Registration};
+use crate::resume::{Position, SeqPosition};
 use crate::state::Shared;
 use crate::transport::{Received, Target, Transport};
 use crate::{ClientConfig, ClientError, Event, Peer};
@@ -28,12 +30,15 @@ const MAX_PENDING_PINGS: usize = 64;
 /// How long `close` waits for the relay to acknowledge the end of the stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// An update waiting to be written; the id is added at write time, since it changes when
-/// the client registers again.
+/// What the handles queue for the relay, written in queue order.
 #[derive(Debug)]
-pub(crate) struct Outgoing {
-    pub(crate) timestamp: u64,
-    pub(crate) data: UpdateData,
+pub(crate) enum Outgoing {
+    /// A `StateUpdate`; the id is added at write time, since it changes when the client
+    /// registers again.
+    Update { timestamp: u64, data: UpdateData },
+    /// A `SessionSnapshot` of the application's state at `at`; dropped (with an `Error`
+    /// event) if the session's epoch changed before it could be written.
+    Snapshot { at: SeqPosition, data: UpdateData },
 }
 
 /// Requests from the handles other than updates.
@@ -65,7 +70,7 @@ enum Exit {
 pub(crate) struct Channels {
     pub(crate) updates: mpsc::Receiver<Outgoing>,
     pub(crate) control: mpsc::Receiver<Control>,
-    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) events: mpsc::Sender<Delivered>,
     pub(crate) written: watch::Sender<u64>,
 }
 
@@ -76,10 +81,12 @@ pub(crate) struct Task {
     shared: Arc<Shared>,
     updates: mpsc::Receiver<Outgoing>,
     control: mpsc::Receiver<Control>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Delivered>,
     /// Events not yet handed to the application; the socket is not read while any wait, so
     /// a slow application slows the relay's sends to us instead of growing memory.
-    backlog: VecDeque<Event>,
+    backlog: VecDeque<Delivered>,
+    /// Where we are in the session's history, to resume from after a lost connection.
+    position: Position,
     /// Updates taken from the queue whose write failed; written first after reconnecting.
     unsent: VecDeque<Outgoing>,
     /// Updates written so far, published through `written_tx` for `flush`.
@@ -91,15 +98,17 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// A task for a client that has just registered.
+    /// A task for a client that has just registered as `registration` says.
     pub(crate) fn new(
         target: Target,
         config: ClientConfig,
+        registration: &Registration,
         shared: Arc<Shared>,
         channels: Channels,
     ) -> Self {
         let backoff = Backoff::new(config.reconnect.clone());
         Self {
+            position: Position::new(registration),
             target,
             config,
             shared,
@@ -224,21 +233,45 @@ impl Task {
         transport: &mut Transport,
         batch: Vec<Outgoing>,
     ) -> Result<(), ClientError> {
-        let Some(id) = self.shared.lock().id else {
+        let (id, snapshots) = {
+            let state = self.shared.lock();
+            let granted = state.capabilities.iter().any(|c| c == CAPABILITY_SNAPSHOT);
+            (state.id, granted)
+        };
+        let Some(id) = id else {
             self.unsent.extend(batch);
             return Err(ClientError::NotConnected);
         };
-        let frames: Vec<Bytes> = batch
-            .iter()
-            .map(|update| {
-                encode_frame(&Message::StateUpdate {
+        let mut frames: Vec<Bytes> = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
+        for item in batch {
+            let frame = match &item {
+                Outgoing::Update { timestamp, data } => encode_frame(&Message::StateUpdate {
                     source_instance_id: id,
-                    timestamp: update.timestamp,
-                    update_data: update.data.clone(),
-                })
-            })
-            .collect();
-        match transport.send(frames, self.config.request_timeout).await {
+                    timestamp: *timestamp,
+                    update_data: data.clone(),
+                }),
+                Outgoing::Snapshot { at, data } => match self.snapshot_refusal(*at, snapshots) {
+                    None => encode_frame(&Message::SessionSnapshot {
+                        seq: at.seq,
+                        data: data.clone(),
+                    }),
+                    Some(reason) => {
+                        // Done with, as far as `flush` is concerned; never resent.
+                        warn!(%reason, "snapshot dropped");
+                        self.push(Event::Error(reason));
+                        self.written += 1;
+                        continue;
+                    }
+                },
+            };
+            frames.push(frame);
+            kept.push(item);
+        }
+        let batch = kept;
+        let result = transport.send(frames, self.config.request_timeout).await;
+        self.written_tx.send_replace(self.written);
+        match result {
             Ok(()) => {
                 self.written += batch.len() as u64;
                 self.written_tx.send_replace(self.written);
@@ -256,6 +289,21 @@ impl Task {
         }
     }
 
+    /// Why a snapshot taken at `at` may not be written on this connection, if it may not.
+    fn snapshot_refusal(&self, at: SeqPosition, granted: bool) -> Option<String> {
+        if !granted {
+            Some("snapshot not sent: the relay no longer grants the `snapshot` capability".into())
+        } else if !self.position.is_current_epoch(at) {
+            Some(
+                "snapshot not sent: it was taken before the session restarted \
+                 (relay restart or session recreated); rebuild the state first"
+                    .into(),
+            )
+        } else {
+            None
+        }
+    }
+
     /// Reacts to one message from the relay.
     async fn on_message(
         &mut self,
@@ -266,7 +314,7 @@ impl Task {
             Ok(message) => message,
             Err(err) => {
                 warn!(%err, "undecodable message from relay");
-                self.backlog.push_back(Event::Error(format!(
+                self.push(Event::Error(format!(
                     "undecodable message from relay: {err}"
                 )));
                 return Ok(());
@@ -283,30 +331,54 @@ impl Task {
             }
             Message::Pong { timestamp } => self.on_pong(timestamp),
             other => {
-                if let Some(event) = self.event_for(other) {
-                    self.backlog.push_back(event);
-                }
+                let event = self.event_for(other);
+                self.backlog.extend(event);
             }
         }
         Ok(())
     }
 
-    /// The event a relay message means, updating the peer list on the way.
-    fn event_for(&mut self, message: Message) -> Option<Event> {
-        Some(match message {
+    /// Queues an event for the application.
+    fn push(&mut self, event: Event) {
+        self.backlog.push_back(event.into());
+    }
+
+    /// The event a relay message means, updating the peer list and the position in the
+    /// session's history on the way.
+    fn event_for(&mut self, message: Message) -> Option<Delivered> {
+        let event = match message {
             Message::StateBroadcast {
                 source_instance_name,
                 timestamp,
                 update_data,
-                ..
-            } => match update_data.to_vec() {
-                Ok(data) => Event::Broadcast {
-                    from: source_instance_name,
-                    timestamp,
-                    data,
-                },
-                Err(err) => Event::Error(format!("broadcast from {source_instance_name}: {err}")),
-            },
+                seq,
+            } => {
+                let me = &self.config.name;
+                if !self.position.broadcast(seq, &source_instance_name, me) {
+                    debug!(?seq, "our own update, replayed by the relay: skipped");
+                    return None;
+                }
+                let event = match update_data.to_vec() {
+                    Ok(data) => Event::Broadcast {
+                        from: source_instance_name,
+                        timestamp,
+                        data,
+                    },
+                    Err(err) => {
+                        Event::Error(format!("broadcast from {source_instance_name}: {err}"))
+                    }
+                };
+                let position = seq.and(self.position.current());
+                return Some(Delivered { event, position });
+            }
+            Message::SessionSnapshot { seq, data } => {
+                let position = self.position.snapshot(seq);
+                let event = match data.to_vec() {
+                    Ok(data) => Event::Snapshot { seq, data },
+                    Err(err) => Event::Error(format!("session snapshot: {err}")),
+                };
+                return Some(Delivered { event, position });
+            }
             Message::InstanceConnected {
                 instance_id,
                 instance_name,
@@ -343,7 +415,8 @@ impl Task {
                 Event::Error(message)
             }
             other => Event::Error(format!("unexpected {} from relay", other.kind())),
-        })
+        };
+        Some(event.into())
     }
 
     /// Sends a ping of ours; `reply` gets the round trip.
@@ -402,7 +475,7 @@ impl Task {
                 let _ = reply.send(Err(ClientError::NotConnected));
             }
         }
-        self.backlog.push_back(Event::Disconnected(reason));
+        self.push(Event::Disconnected(reason));
     }
 
     /// Registers again, with backoff. `Ok(Some)`: registered; `Ok(None)`: gave up (the
@@ -411,18 +484,21 @@ impl Task {
         loop {
             let Some(delay) = self.backoff.next_delay() else {
                 let attempts = self.backoff.attempts();
-                self.backlog.push_back(Event::Error(format!(
+                self.push(Event::Error(format!(
                     "gave up reconnecting after {attempts} attempts"
                 )));
                 return Ok(None);
             };
             self.idle(tokio::time::sleep(delay)).await?;
             let (target, config) = (self.target.clone(), self.config.clone());
-            let attempt = async move { register(&target, &config).await };
+            let resume = self.position.resume_request().filter(|_| config.resume);
+            let asked = resume.clone();
+            let attempt = async move { register(&target, &config, resume).await };
             match self.idle(attempt).await? {
                 Ok((transport, registration)) => {
-                    info!(id = %registration.id, "reconnected to relay");
-                    self.reconnected(&registration);
+                    let resumed = registration.resumed.as_deref();
+                    info!(id = %registration.id, ?resumed, "reconnected to relay");
+                    self.reconnected(&registration, asked.as_ref());
                     return Ok(Some(transport));
                 }
                 // The relay's certificate changed since we trusted it: it may be fixed.
@@ -431,26 +507,30 @@ impl Task {
                 }
                 Err(err) => {
                     warn!(%err, "reconnect refused, giving up");
-                    self.backlog.push_back(Event::Error(err.to_string()));
+                    self.push(Event::Error(err.to_string()));
                     return Ok(None);
                 }
             }
         }
     }
 
-    /// Publishes a new registration and reports who came and went meanwhile.
-    fn reconnected(&mut self, registration: &Registration) {
+    /// Publishes a new registration and reports whether the session resumed, and who came
+    /// and went meanwhile (the order is documented on [`Event`]).
+    fn reconnected(&mut self, registration: &Registration, asked: Option<&ResumeRequest>) {
         self.backoff.reset();
         let before = self.shared.registered(registration);
-        self.backlog.push_back(Event::Reconnected);
+        self.push(Event::Reconnected);
+        if let Some((event, position)) = self.position.reregistered(registration, asked) {
+            self.backlog.push_back(Delivered { event, position });
+        }
         for gone in before.iter().filter(|p| !registration.peers.contains(p)) {
-            self.backlog.push_back(Event::Left {
+            self.push(Event::Left {
                 id: gone.id,
                 name: gone.name.clone(),
             });
         }
         for new in registration.peers.iter().filter(|p| !before.contains(p)) {
-            self.backlog.push_back(Event::Joined {
+            self.push(Event::Joined {
                 id: new.id,
                 name: new.name.clone(),
             });
@@ -533,7 +613,7 @@ impl Task {
     }
 
     /// Sends one final event, unless every handle is gone first.
-    async fn idle_send(&mut self, event: Event) -> bool {
+    async fn idle_send(&mut self, event: Delivered) -> bool {
         let send = self.events.send(event);
         tokio::pin!(send);
         loop {
@@ -556,7 +636,7 @@ impl Task {
 
 /// Hands the oldest backlog event to the application, or drops the backlog if the
 /// application no longer listens.
-fn deliver(backlog: &mut VecDeque<Event>, permit: Option<mpsc::Permit<'_, Event>>) {
+fn deliver(backlog: &mut VecDeque<Delivered>, permit: Option<mpsc::Permit<'_, Delivered>>) {
     match (permit, backlog.pop_front()) {
         (Some(permit), Some(event)) => permit.send(event),
         _ => backlog.clear(),

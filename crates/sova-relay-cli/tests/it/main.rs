@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is what we want
 
 mod ping;
+mod resume;
 mod send;
 mod tls;
 mod watch;

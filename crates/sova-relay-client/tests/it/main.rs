@@ -4,6 +4,7 @@
 
 mod behaviour;
 mod relay;
+mod resume;
 mod scripted;
 mod server;
 mod tls;

@@ -106,20 +106,27 @@ async fn ping_measures_and_relay_pings_give_the_clock_offset() {
         .any(|capability| capability == "pong"));
     let rtt = client.ping().await.unwrap();
     assert!(rtt < PATIENCE);
-    // The relay pings every 50 ms; each of our pings is a chance to see its effect.
+    // The relay pings every 50 ms; each of our pings is a chance to see its effect. Three
+    // of its pings give the estimate three chances of one that was not held up.
     let offset = tokio::time::timeout(PATIENCE, async {
         loop {
             client.ping().await.unwrap();
-            if let Some(offset) = client.clock_offset() {
+            if let Some(offset) = client.clock_offset().filter(|o| o.samples >= 3) {
                 return offset;
             }
         }
     })
     .await
     .expect("no relay ping");
-    // Same machine, same clock: the estimate must contain zero.
+    // Same machine, same clock: the true offset is zero. The estimate errs high by at most
+    // `error_bound` (+1 ms for whole-millisecond timestamps). It errs low by the time the
+    // least delayed relay ping waited beyond our fastest round trip: on a loaded machine, a
+    // task can wait tens of milliseconds to be scheduled, so that side gets 100 ms.
     let bound_ms = offset.error_bound.as_secs_f64() * 1000.0;
-    assert!(offset.offset_ms.abs() <= bound_ms + 1.0, "{offset:?}");
+    assert!(
+        -100.0 <= offset.offset_ms && offset.offset_ms <= bound_ms + 1.0,
+        "{offset:?}"
+    );
 }
 
 #[tokio::test]
@@ -186,11 +193,13 @@ pub async fn queued_updates_survive_a_restart_of(
     reason
 }
 
+/// Without `resume` (or after losing its secret), a client cannot take over its own stale
+/// registration: it retries until the relay lets the name go.
 #[tokio::test]
 async fn a_stale_registration_of_our_name_is_waited_out() {
     let server = TestServer::start(relay_config()).await;
     let proxy = Proxy::start(server.addr).await;
-    let mut alice = RelayClient::connect(&proxy.addr(), config("alice"))
+    let mut alice = RelayClient::connect(&proxy.addr(), config("alice").resume(false))
         .await
         .unwrap();
     let mut bob = RelayClient::connect(&server.addr(), config("bob"))
