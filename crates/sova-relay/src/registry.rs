@@ -45,8 +45,13 @@ pub(crate) struct Member {
     pub(crate) session_label: String,
     /// What its session token allows.
     pub(crate) role: Role,
-    /// Presented by a later connection to take over this registration (`resume`).
+    /// Presented by a later connection to take over this registration (`resume`); kept
+    /// across resumes, so it names the instance rather than one connection of it.
     resume_secret: Option<String>,
+    /// Identifies the instance across resumed connections (from its resume secret, else
+    /// random): its own updates are never replayed to it, and a snapshot it publishes is
+    /// known to contain all of them.
+    pub(crate) lineage: u64,
     /// Whether it may publish and receive snapshots.
     pub(crate) snapshot: bool,
     /// `seq` of this instance's latest broadcast, so a snapshot it publishes is known to
@@ -290,6 +295,11 @@ impl Drop for Registration {
 impl Member {
     fn new(new: &NewMember, session_label: &str) -> Self {
         let now = SystemTime::now();
+        // A resuming instance keeps its secret, so its lineage outlives each connection.
+        let secret = new.resumable.then(|| match &new.resume {
+            Some(resume) => resume.secret.clone(),
+            None => Uuid::new_v4().simple().to_string(),
+        });
         Member {
             id: Uuid::new_v4(),
             name: new.name.clone(),
@@ -302,11 +312,21 @@ impl Member {
             peer: new.peer,
             role: new.role,
             session_label: session_label.to_owned(),
-            resume_secret: new.resumable.then(|| Uuid::new_v4().simple().to_string()),
+            lineage: secret
+                .as_deref()
+                .map_or_else(|| Uuid::new_v4().as_u64_pair().0, lineage),
+            resume_secret: secret,
             snapshot: new.snapshot,
             last_sent_seq: AtomicU64::new(0),
         }
     }
+}
+
+fn lineage(secret: &str) -> u64 {
+    let digest = Sha256::digest(secret.as_bytes());
+    u64::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ])
 }
 
 /// Whether `new` resumes `holder`'s registration: it presents the secret issued to it.
@@ -361,6 +381,10 @@ fn welcome(
         .filter(|r| new.resumable && r.epoch == session.epoch)
         .map(|r| r.seq);
     let can_replay = resume_from.is_some_and(|seq| state.can_replay_after(&limits, seq));
+    if new.resume.is_some() {
+        let sent = state.last_seq_of(member.lineage);
+        member.last_sent_seq.fetch_max(sent, Ordering::Relaxed);
+    }
     let resumed = new.resume.as_ref().map(|_| can_replay);
     let response = Message::RegistrationResponse {
         success: true,
@@ -382,7 +406,7 @@ fn welcome(
     };
     member.outbox.deliver(encode_frame(&response));
     match (resume_from, can_replay) {
-        (Some(seq), true) => state.replay_after(&limits, seq, &member.outbox),
+        (Some(seq), true) => state.replay_after(&limits, seq, member),
         _ if new.snapshot => state.replay_snapshot(&limits, &member.outbox),
         _ => false,
     };

@@ -49,7 +49,8 @@ pub(crate) struct SessionState {
 
 struct Entry {
     seq: u64,
-    source: Uuid,
+    /// The sending instance's lineage (see `Member::lineage`).
+    source: u64,
     frame: Bytes,
     at: Instant,
 }
@@ -57,8 +58,8 @@ struct Entry {
 struct Snapshot {
     /// The last broadcast from others that the state contains.
     seq: u64,
-    /// Who published it: their own updates up to `source_seq` are in it too.
-    source: Uuid,
+    /// Who published it (lineage): their own updates up to `source_seq` are in it too.
+    source: u64,
     source_seq: u64,
     /// The `SessionSnapshot` frame joiners receive.
     frame: Bytes,
@@ -99,7 +100,7 @@ impl Session {
         let frame = pending.finish(seq);
         source.last_sent_seq.store(seq, Ordering::Relaxed);
         if state.keeps_history {
-            state.remember(&self.limits, seq, source.id, frame.clone());
+            state.remember(&self.limits, seq, source.lineage, frame.clone());
         }
         let delivered = state
             .members
@@ -129,7 +130,7 @@ impl Session {
         state.keeps_history = true;
         state.snapshot = Some(Snapshot {
             seq,
-            source: source.id,
+            source: source.lineage,
             source_seq: source.last_sent_seq.load(Ordering::Relaxed),
             frame,
         });
@@ -147,7 +148,7 @@ impl SessionState {
         self.keeps_history = true;
     }
 
-    fn remember(&mut self, limits: &HistoryLimits, seq: u64, source: Uuid, frame: Bytes) {
+    fn remember(&mut self, limits: &HistoryLimits, seq: u64, source: u64, frame: Bytes) {
         self.history_bytes += frame.len();
         self.history.push_back(Entry {
             seq,
@@ -192,15 +193,29 @@ impl SessionState {
         &mut self,
         limits: &HistoryLimits,
         seq: u64,
-        outbox: &Outbox,
+        member: &Member,
     ) -> bool {
         if !self.covers(limits, seq) {
             return false;
         }
-        for entry in self.history.iter().filter(|e| e.seq > seq) {
-            outbox.deliver(entry.frame.clone());
+        // The resuming instance's own updates were never meant for it (no echo).
+        let missed = self
+            .history
+            .iter()
+            .filter(|e| e.seq > seq && e.source != member.lineage);
+        for entry in missed {
+            member.outbox.deliver(entry.frame.clone());
         }
         true
+    }
+
+    /// The `seq` of the latest broadcast of `lineage` the history holds (0: none).
+    pub(crate) fn last_seq_of(&self, lineage: u64) -> u64 {
+        self.history
+            .iter()
+            .rev()
+            .find(|e| e.source == lineage)
+            .map_or(0, |e| e.seq)
     }
 
     /// Queues the snapshot and every broadcast it does not contain, if the history still

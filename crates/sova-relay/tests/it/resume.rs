@@ -388,3 +388,35 @@ async fn snapshots_need_the_capability_and_a_sane_seq() {
         .expect_error("Snapshot refused: seq 5 is ahead of the session (latest broadcast: 0)")
         .await;
 }
+
+#[tokio::test]
+async fn a_resumed_instance_never_gets_its_own_updates_back_even_across_resumes() {
+    let relay = TestServer::start().await;
+    let mut alice = relay.client("alice").await;
+    let mut bob = join_resumable(&relay, "bob").await;
+    for round in 1..=2u64 {
+        // Bob's own update is in the history after the seq he last received.
+        bob.client.update(round, b"from bob").await;
+        let (timestamps, _) = read_numbered(&mut alice, "bob", 1).await;
+        assert_eq!(timestamps, [round]);
+        drop(std::mem::replace(
+            &mut bob.client,
+            TestClient::connect(relay.addr).await,
+        ));
+        let (mut client, response) = resume(&relay, "bob", &bob).await;
+        assert_eq!(resumed(&response), Some("ok"));
+        let Message::RegistrationResponse { resume_secret, .. } = &response else {
+            unreachable!()
+        };
+        assert_eq!(
+            resume_secret.as_deref(),
+            Some(bob.secret.as_str()),
+            "the secret names the instance"
+        );
+        assert!(
+            client.sync().await.is_empty(),
+            "bob got his own update back"
+        );
+        bob.client = client;
+    }
+}
