@@ -72,7 +72,16 @@ declare -A pids=()
 failed=0
 finish_one() {
     local target="$1"
-    if wait "${pids[$target]}"; then summary "$target" ok; else summary "$target" CRASH; failed=1; fi
+    if wait "${pids[$target]}"; then
+        summary "$target" ok
+    elif grep -q 'INITED' "$logs/$target.log"; then
+        summary "$target" CRASH
+        failed=1
+    else
+        summary "$target" FAILED # did not build or start: see the log
+        tail -5 "$logs/$target.log" | sed 's/^/    /'
+        failed=1
+    fi
     unset "pids[$target]"
 }
 for target in "${targets[@]}"; do
