@@ -38,12 +38,12 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let max = shared.config.max_message_size;
     let span = Span::current();
-    // tungstenite's default buffers are 128 KiB each per socket; updates are small.
+    // tungstenite's read buffer is allocated up front (128 KiB by default): keep it small.
+    // Its write buffer only grows with a burst, and batching writes is what it is for.
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
         .on_failed_upgrade(|err| debug!(error = %err, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             // axum spawns this on its own; tracking it lets shutdown wait for it.
