@@ -108,8 +108,12 @@ async fn ping_measures_and_relay_pings_give_the_clock_offset() {
     assert!(rtt < PATIENCE);
     // The relay pings every 50 ms; each of our pings is a chance to see its effect. Three
     // of its pings give the estimate three chances of one that was not held up.
+    // Our pings are paced: they count against the relay's rate limit like any message, and
+    // a tight loop on a slow machine would spend it before three relay pings arrived.
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(25));
     let offset = tokio::time::timeout(PATIENCE, async {
         loop {
+            pace.tick().await;
             client.ping().await.unwrap();
             if let Some(offset) = client.clock_offset().filter(|o| o.samples >= 3) {
                 return offset;
