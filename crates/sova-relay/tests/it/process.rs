@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use sova_relay_protocol::Message;
 use tokio::net::TcpStream;
 
-use crate::support::{assert_broadcast, relay_in_steps, TestClient, WAIT};
+use crate::support::{
+    assert_broadcast, relay_in_steps, wait_for_file_containing, TestClient, WAIT,
+};
 
 /// A `sova-relay` process; killed if the test ends early.
 struct RelayProcess {
@@ -282,4 +284,24 @@ async fn sighup_reloads_tokens_and_certificate_without_dropping_connections() {
     relay.signal("HUP");
     relay.wait_for_line("Reload on SIGHUP failed");
     let _still_admitted = TestClient::register(relay.addr, "later", Some("keep")).await;
+}
+
+#[tokio::test]
+async fn the_audit_log_survives_rotation_by_reopening_on_sighup() {
+    let pki = crate::security::TestPki::new();
+    let audit = pki.path("audit.log");
+    let rotated = pki.path("audit.log.1");
+    let mut relay = RelayProcess::start(&["--audit-log", &audit.display().to_string()]);
+    let _before = TestClient::register(relay.addr, "before-rotation", None).await;
+    wait_for_file_containing(&audit, "before-rotation").await;
+    std::fs::rename(&audit, &rotated).unwrap();
+    relay.signal("HUP");
+    relay.wait_for_line("Reloaded on SIGHUP");
+    let _after = TestClient::register(relay.addr, "after-rotation", None).await;
+    wait_for_file_containing(&audit, "after-rotation").await;
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        !old.contains("after-rotation"),
+        "written to the rotated file: {old}"
+    );
 }

@@ -304,3 +304,20 @@ pub async fn relay_in_steps(
     }
     departed
 }
+
+/// Waits until `path` exists and contains `needle` (the audit trail is written by its own
+/// thread).
+pub async fn wait_for_file_containing(path: &std::path::Path, needle: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never contained {needle}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
