@@ -368,17 +368,7 @@ async fn the_audit_log_records_events_as_json_lines_without_tokens() {
     assert_eq!(kicked.status, 200);
     let _ = tls_connect(relay.addr, client_config(RootCertStore::empty())).await;
     // The trail is written by its own thread: wait until the last event is there.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !std::fs::read_to_string(&audit)
-        .unwrap_or_default()
-        .contains("tls_failed")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no tls_failed event"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::wait_for_file_containing(&audit, "tls_failed").await;
     relay.stop().await;
 
     let text = std::fs::read_to_string(&audit).unwrap();
