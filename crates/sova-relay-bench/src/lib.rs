@@ -14,6 +14,7 @@ mod proto;
 pub mod report;
 pub mod scenario;
 pub mod servers;
+pub mod soak;
 pub mod suite;
 pub mod workload;
 

@@ -35,6 +35,45 @@ enum Command {
     Suite(SuiteArgs),
     /// Lists the standard scenarios.
     Scenarios,
+    /// Soak test: the real relay binary under well-behaved sessions, resumes, churn, bad
+    /// input, slow consumers, rate-limit abusers and kicks; checks delivery invariants, RSS
+    /// and /metrics, and exits non-zero on any violation.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// Length of the disturbed part of the run, in seconds (winding down adds ~10 s).
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The relay binary (default: `sova-relay` beside this program, or in
+    /// target/{release,debug}).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// Jam sessions (5 long-lived members each).
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Churn slots in each of the first two jam sessions.
+    #[arg(long, default_value_t = 3)]
+    churners: usize,
+    /// Abuse sessions (one abuser at a time, and a witness, each).
+    #[arg(long, default_value_t = 2)]
+    abusers: usize,
+    /// Slow consumers at a time (each registers, never reads, and must be dropped).
+    #[arg(long, default_value_t = 1)]
+    slow_consumers: usize,
+    /// Where the relay's log goes (default: a file in the temporary directory).
+    #[arg(long)]
+    relay_log: Option<PathBuf>,
+    /// Largest RSS growth allowed from the second to the last quarter, percent.
+    #[arg(long, default_value_t = 20.0)]
+    rss_max_growth_pct: f64,
+    /// Largest RSS growth allowed from the second to the last quarter, MiB.
+    #[arg(long, default_value_t = 16)]
+    rss_max_growth_mib: u64,
 }
 
 #[derive(Args)]
@@ -148,6 +187,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Suite(args) => runtime.block_on(run_suite(args)),
+        Command::Soak(args) => {
+            let passed = runtime.block_on(soak(args))?;
+            if !passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Scenarios => {
             for scenario in scenario::SCENARIOS {
                 println!("{:<14} {}", scenario.name, scenario.about);
@@ -202,6 +248,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
+    let options = sova_relay_bench::soak::Options {
+        duration: Duration::from_secs(args.seconds),
+        seed: args.seed,
+        relay_bin: args.relay_bin,
+        sizes: sova_relay_bench::soak::Sizes {
+            sessions: args.sessions.max(1),
+            churners: args.churners,
+            abusers: args.abusers,
+            slow_consumers: args.slow_consumers,
+        },
+        relay_log: args.relay_log,
+        rss_max_growth_pct: args.rss_max_growth_pct,
+        rss_max_growth_mib: args.rss_max_growth_mib,
+    };
+    let outcome = sova_relay_bench::soak::run(&options).await?;
+    println!("{}", outcome.report);
+    Ok(outcome.passed)
 }
 
 async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {

@@ -1,0 +1,236 @@
+//! One framed connection to the relay as the soak's clients use it: register (fresh or
+//! resuming), send frames, read whole messages, and leave by a FIN or by a reset.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sova_relay_protocol::{
+    decode_body, encode_frame, FrameCodec, Message, ResumeRequest, UpdateData,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::codec::FramedRead;
+use uuid::Uuid;
+
+/// The Sova version every soak client registers with.
+pub const VERSION: &str = "0.1.0";
+/// Largest frame a soak client accepts from the relay.
+const MAX_FRAME: usize = 16 << 20;
+/// Longest a registration may take.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a registration asks for.
+pub struct Join<'a> {
+    /// Instance name.
+    pub name: &'a str,
+    /// Session token.
+    pub session: &'a str,
+    /// Capabilities to ask for (none: an old-style client).
+    pub capabilities: &'a [&'a str],
+    /// Where a previous connection left off.
+    pub resume: Option<ResumeRequest>,
+}
+
+/// What the `RegistrationResponse` said.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The id assigned.
+    pub id: Uuid,
+    /// The session's epoch (0 without capabilities).
+    pub epoch: u64,
+    /// `seq` of the session's latest broadcast at registration.
+    pub seq: u64,
+    /// The secret that resumes this registration.
+    pub secret: Option<String>,
+    /// `ok` or `resync_required` for a resume.
+    pub resumed: Option<String>,
+    /// The other members of the session.
+    pub members: Vec<Uuid>,
+}
+
+/// A registered connection.
+pub struct Conn {
+    frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    writer: OwnedWriteHalf,
+}
+
+/// Connects, with `TCP_NODELAY`; `rcvbuf` shrinks the receive buffer (slow consumers).
+pub async fn connect(addr: SocketAddr, rcvbuf: Option<u32>) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The `RegisterInstance` frame for `join`.
+pub fn register_frame(join: &Join<'_>, version: &str) -> Bytes {
+    encode_frame(&Message::RegisterInstance {
+        instance_name: join.name.to_owned(),
+        version: version.to_owned(),
+        session_token: Some(join.session.to_owned()),
+        capabilities: (!join.capabilities.is_empty())
+            .then(|| join.capabilities.iter().map(|c| (*c).to_owned()).collect()),
+        resume: join.resume.clone(),
+    })
+}
+
+/// Registers over `stream`: the connection, or the relay's `Error` text.
+pub async fn register_on(
+    stream: TcpStream,
+    join: &Join<'_>,
+) -> io::Result<Result<(Conn, Registered), String>> {
+    let (reader, mut writer) = stream.into_split();
+    writer.write_all(&register_frame(join, VERSION)).await?;
+    let mut conn = Conn {
+        frames: FramedRead::new(reader, FrameCodec::new(MAX_FRAME)),
+        writer,
+    };
+    let reply = tokio::time::timeout(REGISTER_TIMEOUT, conn.next())
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no RegistrationResponse"))?;
+    match reply {
+        Some(Ok(Message::RegistrationResponse {
+            success: true,
+            assigned_id: Some(id),
+            current_instances,
+            epoch,
+            seq,
+            resume_secret,
+            resumed,
+            ..
+        })) => {
+            let registered = Registered {
+                id,
+                epoch: epoch.unwrap_or(0),
+                seq: seq.unwrap_or(0),
+                secret: resume_secret,
+                resumed,
+                members: current_instances.iter().map(|i| i.id).collect(),
+            };
+            Ok(Ok((conn, registered)))
+        }
+        Some(Ok(Message::Error { message })) => Ok(Err(message)),
+        Some(Ok(other)) => Ok(Err(format!("unexpected reply {}", other.kind()))),
+        Some(Err(err)) => Err(err),
+        None => Err(io::ErrorKind::UnexpectedEof.into()),
+    }
+}
+
+/// Connects and registers.
+pub async fn join(
+    addr: SocketAddr,
+    join: &Join<'_>,
+) -> io::Result<Result<(Conn, Registered), String>> {
+    register_on(connect(addr, None).await?, join).await
+}
+
+impl Conn {
+    /// Writes one whole frame.
+    pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.writer.write_all(frame).await
+    }
+
+    /// The next message; `None` once the relay closed the connection.
+    pub async fn next(&mut self) -> Option<io::Result<Message>> {
+        let body = match self.frames.next().await? {
+            Ok(body) => body,
+            Err(err) => return Some(Err(io::Error::new(io::ErrorKind::InvalidData, err))),
+        };
+        Some(decode(body))
+    }
+
+    /// The two halves, for a client that reads in one task and writes in another.
+    pub fn into_parts(self) -> (FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf) {
+        (self.frames, self.writer)
+    }
+
+    /// Closes abruptly: a reset, and whatever the relay was still sending is lost.
+    pub fn reset(self) {
+        if let Ok(stream) = self.frames.into_inner().reunite(self.writer) {
+            let _ = stream.set_zero_linger();
+        }
+    }
+
+    /// Closes our side (FIN), then reads what the relay still sends until it closes too.
+    pub async fn finish(mut self, within: Duration) -> io::Result<Vec<Message>> {
+        self.writer.shutdown().await?;
+        let mut rest = Vec::new();
+        tokio::time::timeout(within, async {
+            while let Some(message) = self.next().await {
+                rest.push(message?);
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "relay did not close"))??;
+        Ok(rest)
+    }
+}
+
+/// A `StateUpdate` frame; `array` writes `update_data` as field clients do (array of uints).
+pub fn state_update(id: Uuid, timestamp: u64, payload: &[u8], array: bool) -> Bytes {
+    let update_data = if array {
+        UpdateData::from_array(payload)
+    } else {
+        UpdateData::from_bin(payload)
+    };
+    encode_frame(&Message::StateUpdate {
+        source_instance_id: id,
+        timestamp,
+        update_data,
+    })
+}
+
+/// Reads everything until the relay closes `stream` (or `within` passes): the bytes. A
+/// reset counts as a close: the relay may close with our bytes still unread, which makes
+/// the kernel answer with a reset.
+pub async fn read_to_close(stream: &mut TcpStream, within: Duration) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let reading = async {
+        loop {
+            match stream.read_buf(&mut bytes).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    };
+    tokio::time::timeout(within, reading)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "not closed in time"))??;
+    Ok(bytes)
+}
+
+/// Decodes one frame body from the relay.
+pub fn decode(body: Bytes) -> io::Result<Message> {
+    decode_body(body).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+}
+
+/// Splits raw bytes from the relay into messages; `Err` if they are not whole frames of
+/// valid messages (a partial last frame is dropped when `cut_short` allows it: a
+/// connection killed mid-write).
+pub fn messages(mut bytes: &[u8], cut_short: bool) -> Result<Vec<Message>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let header = bytes.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok());
+        let len = header.map_or(usize::MAX, |h| u32::from_be_bytes(h) as usize);
+        let Some(body) = bytes.get(4..4usize.saturating_add(len)) else {
+            return if cut_short {
+                Ok(out)
+            } else {
+                Err("a partial frame".to_owned())
+            };
+        };
+        out.push(decode_body(Bytes::copy_from_slice(body)).map_err(|e| e.to_string())?);
+        bytes = &bytes[4 + len..];
+    }
+    Ok(out)
+}

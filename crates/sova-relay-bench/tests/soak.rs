@@ -1,0 +1,43 @@
+//! A few seconds of `soak` against the real relay binary (target/<profile>/sova-relay, which
+//! `cargo test --workspace` builds): the machinery runs end to end and every invariant holds.
+
+use std::time::{Duration, Instant};
+
+use sova_relay_bench::soak::{self, Options, Sizes};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_passes() {
+    if soak::locate_relay().is_err() {
+        eprintln!(
+            "SKIPPED: no sova-relay binary in the target directory (cargo build -p sova-relay)"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let options = Options {
+        duration: Duration::from_secs(3),
+        seed: 7,
+        relay_bin: None,
+        sizes: Sizes {
+            sessions: 1,
+            churners: 1,
+            abusers: 0,
+            slow_consumers: 0,
+        },
+        relay_log: None,
+        rss_max_growth_pct: 100.0,
+        rss_max_growth_mib: 64,
+    };
+    let outcome = soak::run(&options).await.expect("the soak runs");
+    assert!(
+        outcome.passed,
+        "{:?}\n{}",
+        outcome.violations, outcome.report
+    );
+    assert!(
+        outcome.report.contains("RESULT: PASS"),
+        "{}",
+        outcome.report
+    );
+    eprintln!("soak smoke run: {:?}", started.elapsed());
+}
