@@ -107,9 +107,10 @@ async fn lost(client: Client, why: &str) -> Client {
         session,
         caps,
         sending,
+        rng,
         ..
     } = client;
-    rejoin(ctx, name, session, caps, sending, fastrand::Rng::new()).await
+    rejoin(ctx, name, session, caps, sending, rng).await
 }
 
 /// Stops sending, syncs, records the last counter; keeps receiving until the barrier.
