@@ -2,7 +2,8 @@
 # Installs what the test suite needs beyond a Rust toolchain, from Debian's packages:
 # `chromium` for the status-page browser test (crates/sova-relay/tests/it/browser.rs);
 # `iproute2` and `iptables` for the network-fault tests (crates/sova-relay/tests/netfaults.rs:
-# network namespaces, veth, NFQUEUE). Idempotent: does nothing when every command is already
+# network namespaces, veth, NFQUEUE); `nats-server` (JetStream) for the cluster-mode tests
+# (crates/sova-relay/tests/cluster.rs). Idempotent: does nothing when every command is already
 # there. Runs as root, or through sudo when that is available.
 set -euo pipefail
 
@@ -11,10 +12,18 @@ needed=(
     "chromium chromium"
     "ip iproute2"
     "iptables iptables"
+    "nats-server nats-server"
 )
 
 have() {
     command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+# nats-server lives in /usr/sbin, which is not on every user's PATH.
+nats_server_version() {
+    local bin
+    bin=$(command -v nats-server 2>/dev/null || echo /usr/sbin/nats-server)
+    "$bin" --version 2>/dev/null || echo "nats-server installed"
 }
 
 missing=()
@@ -23,7 +32,8 @@ for entry in "${needed[@]}"; do
     have "$command" || missing+=("$package")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-deps: chromium, ip and iptables already installed ($(command -v chromium))"
+    echo "install-test-deps: chromium, ip, iptables and nats-server already installed" \
+        "($(command -v chromium); $(nats_server_version))"
     exit 0
 fi
 
@@ -56,3 +66,4 @@ for entry in "${needed[@]}"; do
     fi
 done
 echo "install-test-deps: $(chromium --version 2>/dev/null || echo chromium installed)"
+echo "install-test-deps: $(nats_server_version)"
