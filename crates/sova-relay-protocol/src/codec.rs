@@ -188,6 +188,31 @@ impl PendingBroadcast {
         PendingBroadcast { frame }
     }
 
+    /// The encoded body so far (without the length prefix and `seq`), to carry the
+    /// broadcast to another relay node, which rebuilds it with [`PendingBroadcast::from_body`].
+    pub fn body(&self) -> &[u8] {
+        &self.frame[FRAME_HEADER_LEN..]
+    }
+
+    /// A broadcast that [`PendingBroadcast::body`] produced on this or another relay node.
+    pub fn from_body(body: &[u8]) -> Self {
+        let mut frame = BytesMut::with_capacity(FRAME_HEADER_LEN + body.len() + 12);
+        frame.put_u32(0);
+        frame.put_slice(body);
+        PendingBroadcast { frame }
+    }
+
+    /// Seals the frame without `seq`: the original `StateBroadcast`, for a broadcast that
+    /// has no place in the session's order (a cluster node cut off from the others).
+    pub fn finish_unsequenced(mut self) -> Bytes {
+        // The map header after the variant name: four fields with `seq`, three without.
+        const MAP_HEADER_AT: usize = FRAME_HEADER_LEN + 1 + 1 + "StateBroadcast".len();
+        if self.frame.get(MAP_HEADER_AT) == Some(&0x84) {
+            self.frame[MAP_HEADER_AT] = 0x83;
+        }
+        finish_frame(self.frame)
+    }
+
     /// Appends `seq` and seals the frame.
     pub fn finish(mut self, seq: u64) -> Bytes {
         put_str(&mut self.frame, "seq");

@@ -40,6 +40,20 @@ fn state_broadcast_with_seq() {
 }
 
 #[test]
+fn a_broadcast_carried_between_nodes_seals_to_the_same_frames() {
+    let data = UpdateData::from_array(&[1, 2, 3]);
+    let pending = PendingBroadcast::new("bob", 1_705_314_615_000, &data);
+    let carried = PendingBroadcast::from_body(pending.body());
+    assert_eq!(carried.finish(7), pending.finish(7));
+    // Without seq: exactly the shared PROTOCOL.md vector a field client knows.
+    let unsequenced = PendingBroadcast::new("bob", 1_705_314_615_000, &data).finish_unsequenced();
+    assert_eq!(
+        unsequenced,
+        state_broadcast_frame("bob", 1_705_314_615_000, &data)
+    );
+}
+
+#[test]
 fn session_snapshot() {
     assert_vector(
         "0000002181af53657373696f6e536e617073686f7482a373657107a464617461c403010203",

@@ -205,6 +205,47 @@ pub struct Config {
     /// (TCP_USER_TIMEOUT; Linux only).
     #[arg(long, env = "SOVA_TCP_USER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub tcp_user_timeout: Duration,
+
+    /// Join a cluster of relay nodes through these NATS servers (JetStream enabled), e.g.
+    /// nats://10.0.0.5:4222,nats://10.0.0.6:4222: instances of one session on different
+    /// nodes play together, names and --max-instances hold cluster-wide, and a client of a
+    /// node that died resumes on another. Unset: this relay stands alone (see
+    /// docs/SCALING.md).
+    #[arg(
+        long,
+        env = "SOVA_CLUSTER_NATS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub cluster_nats: Vec<String>,
+
+    /// This node's name in the cluster (letters, digits, `-`, `_`); default: the host name.
+    /// Give each node its own.
+    #[arg(long, env = "SOVA_NODE_NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
+
+    /// How long a cluster node may be silent before it is declared dead: its instances'
+    /// names are freed and the others are told they left.
+    #[arg(long, env = "SOVA_CLUSTER_EXPIRY", default_value = "10s", value_parser = parse_duration)]
+    pub cluster_expiry: Duration,
+
+    /// NATS credentials file (.creds) for --cluster-nats.
+    #[arg(long, env = "SOVA_CLUSTER_NATS_CREDS", value_name = "PATH")]
+    pub cluster_nats_creds: Option<PathBuf>,
+
+    /// Extra root certificate (PEM) to trust for tls:// NATS servers.
+    #[arg(long, env = "SOVA_CLUSTER_NATS_CA", value_name = "PATH")]
+    pub cluster_nats_ca: Option<PathBuf>,
+
+    /// Bytes of broadcasts the cluster's shared history stream keeps, all sessions
+    /// together (broadcasts older than --history-max-age go too).
+    #[arg(long, env = "SOVA_CLUSTER_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub cluster_history_max_bytes: u64,
+
+    /// Where NATS keeps the cluster's streams: `file` (survives a NATS restart) or `memory`.
+    #[arg(long, env = "SOVA_CLUSTER_STORAGE", default_value = "file",
+          value_parser = ["file", "memory"])]
+    pub cluster_storage: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -418,6 +459,22 @@ impl Config {
                 "tcp_user_timeout",
                 Some(duration_value(self.tcp_user_timeout)),
             ),
+            ("cluster_nats", {
+                let urls = self.cluster_nats.iter().cloned().map(Value::String);
+                Some(Value::Array(urls.collect()))
+            }),
+            ("node_name", self.node_name.clone().map(Value::String)),
+            ("cluster_expiry", Some(duration_value(self.cluster_expiry))),
+            ("cluster_nats_creds", path(&self.cluster_nats_creds)),
+            ("cluster_nats_ca", path(&self.cluster_nats_ca)),
+            (
+                "cluster_history_max_bytes",
+                Some(integer(self.cluster_history_max_bytes)),
+            ),
+            (
+                "cluster_storage",
+                Some(Value::String(self.cluster_storage.clone())),
+            ),
         ]
     }
 }
@@ -608,6 +665,21 @@ fn duration_value(duration: Duration) -> Value {
         format!("{seconds}s")
     };
     Value::String(text)
+}
+
+/// A cluster node's name: it appears in NATS keys, logs and the status page.
+fn parse_node_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    match valid {
+        true => Ok(text.to_owned()),
+        false => Err(format!(
+            "'{text}' is not a node name: 1 to 64 letters, digits, '-' or '_'"
+        )),
+    }
 }
 
 /// Parses `10`, `1.5`, `500ms`, `10s` or `5m`.

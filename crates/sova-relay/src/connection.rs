@@ -19,6 +19,7 @@ use tokio::io::AsyncRead;
 use tokio::time::{interval_at, Instant, Interval};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
+use uuid::Uuid;
 
 use crate::audit::AuditEvent;
 use crate::outbox::Outbox;
@@ -168,7 +169,7 @@ impl Connection {
             resume,
         };
         let role = self.admissible(&request)?;
-        self.register(request, role)
+        self.register(request, role).await
     }
 
     /// Waits for the first frame, within the handshake deadline.
@@ -245,7 +246,7 @@ impl Connection {
     }
 
     /// Claims the name and a slot, atomically.
-    fn register(&self, request: Request, role: Role) -> Option<Registration> {
+    async fn register(&self, request: Request, role: Role) -> Option<Registration> {
         let asked = request.capabilities.as_deref().unwrap_or_default();
         let asked_for = |name: &str| asked.iter().any(|c| c == name);
         let granted = request.capabilities.as_ref().map(|_| {
@@ -260,7 +261,10 @@ impl Connection {
             .map(str::to_owned)
             .collect()
         });
+        let resumable = asked_for(CAPABILITY_RESUME);
         let new_member = NewMember {
+            id: Uuid::new_v4(),
+            secret: NewMember::secret_for(resumable, request.resume.as_ref()),
             name: request.name.clone(),
             version: request.version,
             session_token: request.session_token,
@@ -271,10 +275,14 @@ impl Connection {
             role,
             snapshot: asked_for(CAPABILITY_SNAPSHOT),
             granted,
-            resumable: asked_for(CAPABILITY_RESUME),
+            resumable,
             resume: request.resume,
         };
-        match self.shared.registry.register(new_member) {
+        let registered = match &self.shared.registry.cluster {
+            Some(cluster) => cluster.register(&self.shared.registry, new_member).await,
+            None => self.shared.registry.register(new_member),
+        };
+        match registered {
             Ok(registration) => {
                 let member = &registration.member;
                 let session = &registration.session.label;
@@ -389,12 +397,12 @@ impl Connection {
                         _ => DisconnectReason::Protocol(err.to_string()),
                     };
                 }
-                Some(Ok(body)) => self.handle(body, &mut state),
+                Some(Ok(body)) => self.handle(body, &mut state).await,
             }
         }
     }
 
-    fn handle(&self, body: Bytes, state: &mut Relaying<'_>) {
+    async fn handle(&self, body: Bytes, state: &mut Relaying<'_>) {
         let len = body.len();
         let message = decode_body(body);
         if let Ok(Message::Pong { .. }) = message {
@@ -416,7 +424,8 @@ impl Connection {
                 if member.role == Role::Listener {
                     self.send_error("listener", LISTENER_CANNOT_SEND.to_owned());
                 } else if source_instance_id == member.id {
-                    self.fan_out(state.registration, timestamp, &update_data);
+                    self.fan_out(state.registration, timestamp, &update_data)
+                        .await;
                 } else {
                     warn!(claimed = %source_instance_id, "StateUpdate with another instance's id dropped");
                     self.send_error(
@@ -427,7 +436,7 @@ impl Connection {
             }
             Ok(Message::Ping { timestamp }) => self.send(&Message::Pong { timestamp }),
             Ok(Message::SessionSnapshot { seq, data }) => {
-                self.publish_snapshot(state.registration, seq, data);
+                self.publish_snapshot(state.registration, seq, data).await;
             }
             Ok(Message::RegisterInstance { .. }) => {
                 self.send_error(
@@ -477,11 +486,17 @@ impl Connection {
     }
 
     /// Encodes the broadcast once; every other member's queue gets the same bytes.
-    fn fan_out(&self, registration: &Registration, timestamp: u64, update_data: &UpdateData) {
+    async fn fan_out(&self, registration: &Registration, timestamp: u64, update_data: &UpdateData) {
         let started = Instant::now();
         let source = &registration.member;
+        let session = &registration.session;
         let pending = PendingBroadcast::new(&source.name, timestamp, update_data);
-        let (delivered, frame_len) = registration.session.broadcast(source, pending);
+        let (delivered, frame_len) = match &self.shared.registry.cluster {
+            None => session.broadcast(source, pending),
+            // Every node delivers it from the cluster's stream, this one too.
+            Some(cluster) if cluster.publish(session, source, &pending).await => return,
+            Some(_) => session.broadcast_unsequenced(source, pending),
+        };
         debug!(recipients = delivered, bytes = frame_len, "Relayed update");
         self.shared
             .stats
@@ -489,7 +504,7 @@ impl Connection {
     }
 
     /// Keeps a snapshot of the session's state for late joiners.
-    fn publish_snapshot(&self, registration: &Registration, seq: u64, data: UpdateData) {
+    async fn publish_snapshot(&self, registration: &Registration, seq: u64, data: UpdateData) {
         let member = &registration.member;
         let max = self.shared.config.max_snapshot_bytes;
         let refusal = if !member.snapshot {
@@ -505,10 +520,17 @@ impl Connection {
                 data.raw().len()
             ))
         } else {
-            registration
-                .session
-                .publish_snapshot(member, seq, data)
-                .err()
+            match registration.session.publish_snapshot(member, seq, data) {
+                Ok(published) => {
+                    if let Some(cluster) = &self.shared.registry.cluster {
+                        cluster
+                            .publish_snapshot(&registration.session, &published)
+                            .await;
+                    }
+                    None
+                }
+                Err(text) => Some(text),
+            }
         };
         match refusal {
             Some(text) => self.send_error("snapshot_refused", text),

@@ -23,7 +23,7 @@ impl Harness {
     /// If the configuration names a certificate, tokens file or audit log that cannot be
     /// loaded: a harness is set up by test code, where that is a bug in the test.
     pub fn new(config: Config) -> Self {
-        let shared = Shared::new(config).unwrap_or_else(|err| panic!("harness: {err:#}"));
+        let shared = Shared::new(config, None).unwrap_or_else(|err| panic!("harness: {err:#}"));
         Harness { shared }
     }
 

@@ -94,7 +94,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    if shared.registry.instance_count() >= shared.config.max_instances {
+    if let Some(cluster) = &shared.registry.cluster {
+        if !cluster.is_available() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster: NATS unreachable\n",
+            )
+                .into_response();
+        }
+    } else if shared.registry.instance_count() >= shared.config.max_instances {
         return (StatusCode::SERVICE_UNAVAILABLE, "full\n").into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
@@ -179,7 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_and_readiness_fail_once_shutdown_starts() {
-        let shared = Shared::new(Config::default()).unwrap();
+        let shared = Shared::new(Config::default(), None).unwrap();
         assert_eq!(status_of(shared.clone(), "/readyz").await, StatusCode::OK);
         shared.shutdown.cancel();
         for path in ["/readyz", "/healthz"] {

@@ -12,6 +12,7 @@
 
 mod access;
 mod audit;
+mod cluster;
 mod config;
 mod connection;
 #[doc(hidden)]

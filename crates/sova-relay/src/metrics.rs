@@ -176,6 +176,32 @@ pub(crate) fn set_population(instances: usize, sessions: usize) {
 }
 
 /// `accept()` failed (e.g. out of file descriptors).
+/// Whether this node reaches NATS and the cluster's objects (cluster mode).
+pub(crate) fn cluster_connected(connected: bool) {
+    gauge!("sova_cluster_connected").set(if connected { 1.0 } else { 0.0 });
+}
+
+/// The cluster as this node sees it: live nodes, instances registered on the others.
+pub(crate) fn set_cluster_population(nodes: usize, remote_instances: usize) {
+    gauge!("sova_cluster_nodes").set(nodes as f64);
+    gauge!("sova_cluster_remote_instances").set(remote_instances as f64);
+}
+
+/// An update published to the cluster's stream.
+pub(crate) fn cluster_published() {
+    counter!("sova_cluster_published_total").increment(1);
+}
+
+/// An update or snapshot NATS did not take: other nodes may miss it.
+pub(crate) fn cluster_publish_failed() {
+    counter!("sova_cluster_publish_failures_total").increment(1);
+}
+
+/// A node declared dead by this one (its instances released).
+pub(crate) fn cluster_dead_node() {
+    counter!("sova_cluster_dead_nodes_total").increment(1);
+}
+
 pub(crate) fn accept_failed() {
     counter!("sova_relay_accept_errors_total").increment(1);
 }

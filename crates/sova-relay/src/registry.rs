@@ -18,11 +18,12 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::cluster::{self, Claim, Cluster};
 use crate::connection::Peer;
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::reason::DisconnectReason;
-use crate::session::{HistoryLimits, Session, SessionState};
+use crate::session::{HistoryLimits, Sequencer, Session, SessionState};
 use crate::tokens::Role;
 
 /// One registered instance, as the other members of its session see it.
@@ -47,7 +48,7 @@ pub(crate) struct Member {
     pub(crate) role: Role,
     /// Presented by a later connection to take over this registration (`resume`); kept
     /// across resumes, so it names the instance rather than one connection of it.
-    resume_secret: Option<String>,
+    pub(crate) resume_secret: Option<String>,
     /// Identifies the instance across resumed connections (from its resume secret, else
     /// random): its own updates are never replayed to it, and a snapshot it publishes is
     /// known to contain all of them.
@@ -87,11 +88,15 @@ pub(crate) struct SessionView {
     pub(crate) token: Option<String>,
     /// Short hash of the token, or `default`.
     pub(crate) label: String,
+    /// Its name in the cluster (cluster mode).
+    pub(crate) cluster_key: String,
     pub(crate) members: Arc<[Arc<Member>]>,
 }
 
 /// What a connection asks for when it registers.
 pub(crate) struct NewMember {
+    /// The id it will have (chosen before registering: the cluster records it).
+    pub(crate) id: Uuid,
     pub(crate) name: String,
     pub(crate) version: String,
     pub(crate) session_token: Option<String>,
@@ -107,6 +112,19 @@ pub(crate) struct NewMember {
     pub(crate) resumable: bool,
     /// Where the client's previous connection left off, when it resumes.
     pub(crate) resume: Option<ResumeRequest>,
+    /// The resume secret it will hold (capability `resume`): the one it presents when it
+    /// resumes, so the secret names the instance rather than one connection of it.
+    pub(crate) secret: Option<String>,
+}
+
+impl NewMember {
+    /// The resume secret for a client that asked for `resume`, given what it presented.
+    pub(crate) fn secret_for(resumable: bool, resume: Option<&ResumeRequest>) -> Option<String> {
+        resumable.then(|| match resume {
+            Some(resume) => resume.secret.clone(),
+            None => Uuid::new_v4().simple().to_string(),
+        })
+    }
 }
 
 /// Why a registration was refused; the texts are the protocol's.
@@ -116,6 +134,8 @@ pub(crate) enum RegisterError {
     Full(usize),
     #[error("Instance name '{0}' already in use")]
     NameTaken(String),
+    #[error("Cluster unavailable: try again shortly")]
+    Unavailable,
 }
 
 impl RegisterError {
@@ -123,6 +143,7 @@ impl RegisterError {
         match self {
             Self::Full(_) => "full",
             Self::NameTaken(_) => "name_taken",
+            Self::Unavailable => "cluster_unavailable",
         }
     }
 }
@@ -132,21 +153,78 @@ pub(crate) struct Registry {
     state: Mutex<State>,
     max_instances: usize,
     history: HistoryLimits,
+    /// In cluster mode: names and capacity are the cluster's, sessions are ordered by it.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 #[derive(Default)]
 struct State {
     sessions: HashMap<Option<String>, Arc<Session>>,
+    /// The same sessions by cluster key (cluster mode only).
+    by_key: HashMap<String, Arc<Session>>,
+    /// Registrations under way per session (cluster mode): the session stays meanwhile.
+    pins: HashMap<Option<String>, usize>,
     instances: usize,
 }
 
 impl Registry {
-    pub(crate) fn new(max_instances: usize, history: HistoryLimits) -> Self {
+    pub(crate) fn new(
+        max_instances: usize,
+        history: HistoryLimits,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             state: Mutex::new(State::default()),
             max_instances,
             history,
+            cluster,
         }
+    }
+
+    /// The session of `token`, created if needed (and, in cluster mode, its feed started).
+    fn session_for(&self, state: &mut State, token: &Option<String>) -> Arc<Session> {
+        if let Some(session) = state.sessions.get(token) {
+            return session.clone();
+        }
+        let sequencer = match &self.cluster {
+            Some(cluster) => Sequencer::Cluster {
+                epoch: cluster.epoch(),
+            },
+            None => Sequencer::Local,
+        };
+        let key = match &self.cluster {
+            Some(_) => cluster::session_key(token.as_deref()),
+            None => String::new(),
+        };
+        let session = Arc::new(Session::new(
+            session_label(token.as_deref()),
+            key.clone(),
+            self.history,
+            sequencer,
+        ));
+        state.sessions.insert(token.clone(), session.clone());
+        if let Some(cluster) = &self.cluster {
+            state.by_key.insert(key, session.clone());
+            cluster.start_feed(&session);
+        }
+        session
+    }
+
+    /// Keeps `token`'s session (creating it) while a cluster registration is under way.
+    pub(crate) fn pin_session(self: &Arc<Self>, token: &Option<String>) -> SessionPin {
+        let mut state = lock(&self.state);
+        let session = self.session_for(&mut state, token);
+        *state.pins.entry(token.clone()).or_default() += 1;
+        SessionPin {
+            registry: self.clone(),
+            token: token.clone(),
+            session,
+        }
+    }
+
+    /// The session with this cluster key, if it has members (or registrations) here.
+    pub(crate) fn session_by_key(&self, key: &str) -> Option<Arc<Session>> {
+        lock(&self.state).by_key.get(key).cloned()
     }
 
     /// Checks capacity and name and adds the instance, in one step. The
@@ -158,17 +236,7 @@ impl Registry {
         new: NewMember,
     ) -> Result<Registration, RegisterError> {
         let mut state = lock(&self.state);
-        let history = self.history;
-        let session = state
-            .sessions
-            .entry(new.session_token.clone())
-            .or_insert_with(|| {
-                Arc::new(Session::new(
-                    session_label(new.session_token.as_deref()),
-                    history,
-                ))
-            })
-            .clone();
+        let session = self.session_for(&mut state, &new.session_token);
         let mut session_state = session.lock();
         let holder = session_state
             .members
@@ -178,7 +246,7 @@ impl Registry {
         let taking_over = holder.filter(|holder| presents_secret_of(&new, holder));
         let refusal = if taking_over.is_some() {
             None
-        } else if state.instances >= self.max_instances {
+        } else if state.instances >= self.max_instances && self.cluster.is_none() {
             Some(RegisterError::Full(self.max_instances))
         } else if session_state.members.iter().any(|m| m.name == new.name) {
             Some(RegisterError::NameTaken(new.name.clone()))
@@ -196,7 +264,13 @@ impl Registry {
             state.instances -= 1;
         }
         let member = Arc::new(Member::new(&new, &session.label));
-        let resumed = welcome(&session, &mut session_state, &member, &new);
+        let resumed = welcome(
+            &session,
+            &mut session_state,
+            &member,
+            &new,
+            self.cluster.as_deref(),
+        );
         let joined = encode_frame(&Message::InstanceConnected {
             instance_id: member.id,
             instance_name: member.name.clone(),
@@ -219,6 +293,7 @@ impl Registry {
             session,
             member,
             resumed,
+            claim: None,
         })
     }
 
@@ -240,8 +315,11 @@ impl Registry {
             .sessions
             .get(token)
             .is_some_and(|s| s.lock().members.is_empty());
-        if empty {
-            state.sessions.remove(token);
+        if empty && !state.pins.contains_key(token) {
+            if let Some(session) = state.sessions.remove(token) {
+                state.by_key.remove(&session.cluster_key);
+                session.closed.cancel();
+            }
         }
     }
 
@@ -254,6 +332,7 @@ impl Registry {
             .map(|(token, session)| SessionView {
                 token: token.clone(),
                 label: session.label.clone(),
+                cluster_key: session.cluster_key.clone(),
                 members: session.members(),
             })
             .collect()
@@ -283,6 +362,42 @@ pub(crate) struct Registration {
     pub(crate) member: Arc<Member>,
     /// For a resuming client: whether what it missed was replayed.
     pub(crate) resumed: Option<bool>,
+    /// In cluster mode, the name it holds in NATS (released after the local unregister).
+    pub(crate) claim: Option<Claim>,
+}
+
+/// Keeps a session while a cluster registration waits for NATS.
+pub(crate) struct SessionPin {
+    registry: Arc<Registry>,
+    token: Option<String>,
+    session: Arc<Session>,
+}
+
+impl SessionPin {
+    pub(crate) async fn wait_ready(&self, within: Duration) -> bool {
+        self.session.wait_ready(within).await
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.session.label
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.session.cluster_key
+    }
+}
+
+impl Drop for SessionPin {
+    fn drop(&mut self) {
+        let mut state = lock(&self.registry.state);
+        if let Some(pins) = state.pins.get_mut(&self.token) {
+            *pins -= 1;
+            if *pins == 0 {
+                state.pins.remove(&self.token);
+            }
+        }
+        self.registry.drop_session_if_empty(&mut state, &self.token);
+    }
 }
 
 impl Drop for Registration {
@@ -296,12 +411,9 @@ impl Member {
     fn new(new: &NewMember, session_label: &str) -> Self {
         let now = SystemTime::now();
         // A resuming instance keeps its secret, so its lineage outlives each connection.
-        let secret = new.resumable.then(|| match &new.resume {
-            Some(resume) => resume.secret.clone(),
-            None => Uuid::new_v4().simple().to_string(),
-        });
+        let secret = new.secret.clone();
         Member {
-            id: Uuid::new_v4(),
+            id: new.id,
             name: new.name.clone(),
             version: new.version.clone(),
             connected_at: now,
@@ -369,6 +481,7 @@ fn welcome(
     state: &mut SessionState,
     member: &Member,
     new: &NewMember,
+    cluster: Option<&Cluster>,
 ) -> Option<bool> {
     let extended = new.granted.is_some();
     if new.resumable || new.snapshot {
@@ -390,7 +503,7 @@ fn welcome(
         success: true,
         message: format!("Registered as {}", member.name),
         assigned_id: Some(member.id),
-        current_instances: state.members.iter().map(|m| m.info()).collect(),
+        current_instances: current_instances(session, state, member, cluster),
         capabilities: new.granted.clone(),
         epoch: extended.then_some(session.epoch),
         seq: extended.then_some(state.last_seq),
@@ -411,6 +524,27 @@ fn welcome(
         _ => false,
     };
     resumed
+}
+
+/// Every instance of the session, this node's and (in a cluster) the others'.
+fn current_instances(
+    session: &Session,
+    state: &SessionState,
+    member: &Member,
+    cluster: Option<&Cluster>,
+) -> Vec<InstanceInfo> {
+    let mut instances: Vec<InstanceInfo> = state.members.iter().map(|m| m.info()).collect();
+    if let Some(cluster) = cluster {
+        let remote = cluster.remote_instances(&session.cluster_key);
+        // A name just taken over here may still show its previous holder.
+        instances.extend(
+            remote
+                .iter()
+                .filter(|r| r.name != member.name)
+                .map(|r| r.info()),
+        );
+    }
+    instances
 }
 
 /// `default`, or the first 8 hex digits of the token's SHA-256.

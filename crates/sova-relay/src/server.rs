@@ -14,6 +14,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::access::Gatekeeper;
 use crate::audit::{Audit, AuditEvent};
+use crate::cluster::Cluster;
 use crate::metrics::{self, Stats};
 use crate::reason::DisconnectReason;
 use crate::registry::Registry;
@@ -41,7 +42,7 @@ pub(crate) struct Shared {
     /// Present when `--tokens-file` is set.
     pub(crate) tokens: Option<Tokens>,
     pub(crate) audit: Audit,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     pub(crate) started_at: SystemTime,
     pub(crate) started: Instant,
     /// Cancelled when shutdown starts: connections say goodbye and close.
@@ -55,7 +56,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Loads what the configuration names (certificate, tokens, audit log).
-    pub(crate) fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn new(config: Config, cluster: Option<Arc<Cluster>>) -> anyhow::Result<Arc<Self>> {
+        Self::with_stats(config, cluster, Arc::new(Stats::new()))
+    }
+
+    fn with_stats(
+        config: Config,
+        cluster: Option<Arc<Cluster>>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Arc<Self>> {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
             _ => None,
@@ -73,13 +82,14 @@ impl Shared {
                     max_bytes: config.history_max_bytes,
                     max_age: config.history_max_age,
                 },
+                cluster,
             )),
             gate: Arc::new(Gatekeeper::new(&config)),
             tls,
             tokens,
             audit: Audit::open(config.audit_log.as_deref())?,
             config,
-            stats: Stats::new(),
+            stats,
             started_at: SystemTime::now(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -160,7 +170,17 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket; nothing is accepted until [`Server::run`].
     pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
-        let shared = Shared::new(config).map_err(|err| io::Error::other(format!("{err:#}")))?;
+        let stats = Arc::new(Stats::new());
+        let cluster = match config.cluster_nats.is_empty() {
+            true => None,
+            false => Some(
+                Cluster::connect(&config, stats.clone())
+                    .await
+                    .map_err(|err| io::Error::other(format!("{err:#}")))?,
+            ),
+        };
+        let shared = Shared::with_stats(config, cluster, stats)
+            .map_err(|err| io::Error::other(format!("{err:#}")))?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
@@ -185,6 +205,9 @@ impl Server {
         let Server { listener, shared } = self;
         let router = shared.config.http.then(|| http::router(shared.clone()));
         spawn_upkeep(&shared);
+        if let Some(cluster) = &shared.registry.cluster {
+            cluster.spawn(&shared.registry, &shared.tracker, &shared.shutdown);
+        }
         tokio::pin!(shutdown);
         let mut backoff = MIN_ACCEPT_BACKOFF;
         loop {

@@ -8,12 +8,24 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
 use bytes::Bytes;
 use sova_relay_protocol::{encode_frame, Message, PendingBroadcast, UpdateData};
 use uuid::Uuid;
 
 use crate::outbox::Outbox;
 use crate::registry::Member;
+
+/// How a session is ordered: by this node alone, or by the cluster's shared stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sequencer {
+    /// `seq` counted here: 1, 2, 3…
+    Local,
+    /// `seq` from the cluster's stream: increasing, shared by every node, not contiguous.
+    Cluster { epoch: u64 },
+}
 
 /// Bounds of a session's history.
 #[derive(Debug, Clone, Copy)]
@@ -27,10 +39,17 @@ pub(crate) struct HistoryLimits {
 pub(crate) struct Session {
     /// Short, non-reversible label for logs: never the token itself.
     pub(crate) label: String,
+    /// The session's name in the cluster's subjects and keys (a hash of the token).
+    pub(crate) cluster_key: String,
     /// Random, chosen at creation: a `seq` is meaningful only within its epoch.
     pub(crate) epoch: u64,
     limits: HistoryLimits,
     state: Mutex<SessionState>,
+    /// Cancelled when the session is dropped from the registry: its cluster feed stops.
+    pub(crate) closed: CancellationToken,
+    /// Whether the cluster feed has caught up with the stream (always, for a local session):
+    /// members join only then, so their `seq` and replays are complete.
+    ready: watch::Sender<bool>,
 }
 
 /// What the session lock guards.
@@ -39,6 +58,8 @@ pub(crate) struct SessionState {
     pub(crate) members: Arc<[Arc<Member>]>,
     /// `seq` of the latest broadcast (0: none yet).
     pub(crate) last_seq: u64,
+    /// Every broadcast after this `seq` is in the history (when it is kept).
+    floor: u64,
     history: VecDeque<Entry>,
     history_bytes: usize,
     /// History is kept only once a client that can use it (`resume` or `snapshot`) joined,
@@ -55,6 +76,14 @@ struct Entry {
     at: Instant,
 }
 
+/// A snapshot a member just published, for the other nodes of a cluster.
+pub(crate) struct PublishedSnapshot {
+    pub(crate) seq: u64,
+    pub(crate) source: u64,
+    pub(crate) source_seq: u64,
+    pub(crate) frame: Bytes,
+}
+
 struct Snapshot {
     /// The last broadcast from others that the state contains.
     seq: u64,
@@ -66,20 +95,72 @@ struct Snapshot {
 }
 
 impl Session {
-    pub(crate) fn new(label: String, limits: HistoryLimits) -> Self {
+    pub(crate) fn new(
+        label: String,
+        cluster_key: String,
+        limits: HistoryLimits,
+        sequencer: Sequencer,
+    ) -> Self {
+        let (epoch, clustered) = match sequencer {
+            Sequencer::Local => (Uuid::new_v4().as_u64_pair().0, false),
+            Sequencer::Cluster { epoch } => (epoch, true),
+        };
         Session {
             label,
-            epoch: Uuid::new_v4().as_u64_pair().0,
+            cluster_key,
+            epoch,
             limits,
             state: Mutex::new(SessionState {
                 members: Arc::from([]),
                 last_seq: 0,
+                floor: 0,
                 history: VecDeque::new(),
                 history_bytes: 0,
-                keeps_history: false,
+                // Any node may have to resume another node's client: always keep it.
+                keeps_history: clustered,
                 snapshot: None,
             }),
+            closed: CancellationToken::new(),
+            ready: watch::Sender::new(!clustered),
         }
+    }
+
+    /// Whether members can join (see `ready`).
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// `seq` of the latest broadcast delivered here.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    /// Before the cluster feed replays what the stream holds: everything after `seq` is
+    /// still there.
+    pub(crate) fn set_floor(&self, seq: u64) {
+        let mut state = self.lock();
+        if state.history.is_empty() {
+            state.floor = seq;
+        }
+    }
+
+    /// Waits until members can join (see `ready`); false if that took longer than `within`.
+    pub(crate) async fn wait_ready(&self, within: Duration) -> bool {
+        let mut ready = self.ready.subscribe();
+        tokio::time::timeout(within, ready.wait_for(|ready| *ready))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The cluster feed has caught up: `last_seq` is the session's position in the stream.
+    pub(crate) fn mark_ready(&self, position: u64) {
+        let mut state = self.lock();
+        if state.last_seq < position {
+            state.last_seq = position;
+            state.floor = state.floor.max(position);
+        }
+        drop(state);
+        self.ready.send_replace(true);
     }
 
     /// The current members; cheap, and safe to iterate while others join and leave.
@@ -111,6 +192,68 @@ impl Session {
         (delivered, frame.len())
     }
 
+    /// Delivers a broadcast the cluster's stream ordered as `seq` (from any node, this one
+    /// included) to every local member but its source. Returns how many were queued and the
+    /// frame's length; nothing for a `seq` already delivered (a consumer that restarted).
+    pub(crate) fn deliver_sequenced(
+        &self,
+        seq: u64,
+        source_id: Uuid,
+        source_lineage: u64,
+        pending: PendingBroadcast,
+    ) -> (usize, usize) {
+        let mut state = self.lock();
+        if seq <= state.last_seq {
+            return (0, 0);
+        }
+        state.last_seq = seq;
+        let frame = pending.finish(seq);
+        if state.keeps_history {
+            state.remember(&self.limits, seq, source_lineage, frame.clone());
+        }
+        let mut delivered = 0;
+        for member in state.members.iter() {
+            if member.id == source_id {
+                member.last_sent_seq.store(seq, Ordering::Relaxed);
+            } else if member.outbox.deliver(frame.clone()) {
+                delivered += 1;
+            }
+        }
+        (delivered, frame.len())
+    }
+
+    /// Queues the broadcast, without `seq`, to every other local member: a cluster node
+    /// cut off from NATS keeps its own instances playing together.
+    pub(crate) fn broadcast_unsequenced(
+        &self,
+        source: &Member,
+        pending: PendingBroadcast,
+    ) -> (usize, usize) {
+        let frame = pending.finish_unsequenced();
+        let members = self.members();
+        let delivered = members
+            .iter()
+            .filter(|m| m.id != source.id)
+            .filter(|m| m.outbox.deliver(frame.clone()))
+            .count();
+        (delivered, frame.len())
+    }
+
+    /// Keeps a snapshot another node published (see `publish_snapshot`), unless a newer one
+    /// is already here.
+    pub(crate) fn adopt_snapshot(&self, seq: u64, source: u64, source_seq: u64, frame: Bytes) {
+        let mut state = self.lock();
+        if state.snapshot.as_ref().is_some_and(|s| s.seq > seq) {
+            return;
+        }
+        state.snapshot = Some(Snapshot {
+            seq,
+            source,
+            source_seq,
+            frame,
+        });
+    }
+
     /// Keeps `data` as the session's snapshot: `source`'s state with every broadcast up to
     /// `seq` applied.
     pub(crate) fn publish_snapshot(
@@ -118,7 +261,7 @@ impl Session {
         source: &Member,
         seq: u64,
         data: UpdateData,
-    ) -> Result<(), String> {
+    ) -> Result<PublishedSnapshot, String> {
         let mut state = self.lock();
         if seq > state.last_seq {
             return Err(format!(
@@ -127,14 +270,20 @@ impl Session {
             ));
         }
         let frame = encode_frame(&Message::SessionSnapshot { seq, data });
-        state.keeps_history = true;
-        state.snapshot = Some(Snapshot {
+        state.keep_history();
+        let published = PublishedSnapshot {
             seq,
             source: source.lineage,
             source_seq: source.last_sent_seq.load(Ordering::Relaxed),
             frame,
+        };
+        state.snapshot = Some(Snapshot {
+            seq,
+            source: published.source,
+            source_seq: published.source_seq,
+            frame: published.frame.clone(),
         });
-        Ok(())
+        Ok(published)
     }
 
     pub(crate) fn limits(&self) -> &HistoryLimits {
@@ -145,7 +294,10 @@ impl Session {
 impl SessionState {
     /// From now on, broadcasts are kept for resuming clients and snapshot joiners.
     pub(crate) fn keep_history(&mut self) {
-        self.keeps_history = true;
+        if !self.keeps_history {
+            self.keeps_history = true;
+            self.floor = self.last_seq;
+        }
     }
 
     fn remember(&mut self, limits: &HistoryLimits, seq: u64, source: u64, frame: Bytes) {
@@ -169,6 +321,7 @@ impl SessionState {
                 break;
             }
             self.history_bytes -= oldest.frame.len();
+            self.floor = oldest.seq;
             self.history.pop_front();
         }
     }
@@ -183,9 +336,7 @@ impl SessionState {
         if seq >= self.last_seq {
             return seq == self.last_seq;
         }
-        self.history
-            .front()
-            .is_some_and(|oldest| oldest.seq <= seq + 1)
+        self.keeps_history && seq >= self.floor
     }
 
     /// Queues to `outbox` every broadcast after `seq`, if the history still holds them all.
@@ -230,6 +381,10 @@ impl SessionState {
             snapshot.source_seq,
             snapshot.frame.clone(),
         );
+        if seq > self.last_seq {
+            // Published on another node, ahead of this node's feed: not usable yet.
+            return false;
+        }
         if !self.covers(limits, seq) {
             self.snapshot = None;
             return false;

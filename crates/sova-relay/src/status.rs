@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::cluster::RemoteInstance;
 use crate::metrics::Stats;
 use crate::registry::{Member, SessionView};
 use crate::server::Shared;
@@ -67,6 +68,22 @@ pub(crate) struct StatusJson {
     open_connections: u64,
     shutting_down: bool,
     totals: TotalsJson,
+    /// This node's name, in cluster mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    /// The cluster as this node sees it, in cluster mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterJson>,
+}
+
+#[derive(Serialize)]
+struct ClusterJson {
+    /// Whether this node reaches NATS.
+    connected: bool,
+    /// Live nodes, this one included.
+    nodes: Vec<String>,
+    /// Instances of the whole cluster.
+    instances: usize,
 }
 
 #[derive(Serialize)]
@@ -107,17 +124,28 @@ pub(crate) struct InstanceJson {
     last_activity: String,
     connected_seconds: u64,
     idle_seconds: u64,
+    /// The cluster node it is connected to (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 pub(crate) async fn api_status(State(shared): State<Arc<Shared>>) -> Json<StatusJson> {
     let stats = &shared.stats;
     let sessions = shared.registry.sessions();
+    let local_instances: usize = sessions.iter().map(|s| s.members.len()).sum();
+    let overview = shared.registry.cluster.as_ref().map(|c| c.overview());
     Json(StatusJson {
+        node: overview.as_ref().map(|o| o.node.clone()),
+        cluster: overview.map(|o| ClusterJson {
+            connected: o.connected,
+            nodes: o.nodes,
+            instances: local_instances + o.remote_instances,
+        }),
         relay_version: env!("CARGO_PKG_VERSION"),
         sova_version: shared.config.sova_version.clone(),
         started_at: rfc3339(shared.started_at),
         uptime_seconds: shared.started.elapsed().as_secs(),
-        instances: sessions.iter().map(|s| s.members.len()).sum(),
+        instances: local_instances,
         max_instances: shared.config.max_instances,
         sessions: sessions.len(),
         open_connections: Stats::get(&stats.open_connections),
@@ -146,7 +174,7 @@ pub(crate) async fn api_sessions(State(shared): State<Arc<Shared>>) -> Json<Vec<
         .map(|session| SessionJson {
             session: session.label.clone(),
             token: show_tokens.then(|| session.token.clone().unwrap_or_default()),
-            instances: instances_of(session),
+            instances: instances_of(&shared, session),
         })
         .collect();
     sessions.sort_by(|a, b| a.session.cmp(&b.session));
@@ -158,18 +186,30 @@ pub(crate) async fn api_instances(State(shared): State<Arc<Shared>>) -> Json<Vec
         .registry
         .sessions()
         .iter()
-        .flat_map(instances_of)
+        .flat_map(|session| instances_of(&shared, session))
         .collect();
     instances.sort_by(|a, b| (&a.session, &a.name).cmp(&(&b.session, &b.name)));
     Json(instances)
 }
 
-fn instances_of(session: &SessionView) -> Vec<InstanceJson> {
+fn instances_of(shared: &Shared, session: &SessionView) -> Vec<InstanceJson> {
+    let node = shared.registry.cluster.as_ref().map(|c| c.node.clone());
     let mut instances: Vec<InstanceJson> = session
         .members
         .iter()
-        .map(|member| instance_json(member, &session.label))
+        .map(|member| InstanceJson {
+            node: node.clone(),
+            ..instance_json(member, &session.label)
+        })
         .collect();
+    if let Some(cluster) = &shared.registry.cluster {
+        let remote = cluster.remote_instances(&session.cluster_key);
+        instances.extend(
+            remote
+                .iter()
+                .map(|r| remote_instance_json(r, &session.label)),
+        );
+    }
     instances.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
     instances
 }
@@ -192,6 +232,25 @@ fn instance_json(member: &Member, session: &str) -> InstanceJson {
         last_activity: rfc3339(last_activity),
         connected_seconds: seconds_between(member.connected_at, now),
         idle_seconds: seconds_between(last_activity, now),
+        node: None,
+    }
+}
+
+/// An instance registered on another cluster node (what its entry in NATS says).
+fn remote_instance_json(remote: &RemoteInstance, session: &str) -> InstanceJson {
+    let now = SystemTime::now();
+    InstanceJson {
+        id: remote.id,
+        name: remote.name.clone(),
+        version: remote.version.clone(),
+        session: session.to_owned(),
+        transport: "remote",
+        capabilities: Vec::new(),
+        connected_at: rfc3339(remote.connected_at),
+        last_activity: rfc3339(remote.connected_at),
+        connected_seconds: seconds_between(remote.connected_at, now),
+        idle_seconds: seconds_between(remote.connected_at, now),
+        node: Some(remote.node.clone()),
     }
 }
 

@@ -1,0 +1,266 @@
+//! A session's broadcasts through the cluster: published once to its subject by the node
+//! of the sending instance, delivered by every node with members there from an ordered
+//! consumer, in the stream's order (`seq` = stream sequence). Snapshots likewise, from
+//! their own stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use sova_relay_protocol::PendingBroadcast;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::Cluster;
+use crate::registry::Member;
+use crate::session::{PublishedSnapshot, Session};
+
+const SOURCE_ID: &str = "Sova-Source-Id";
+const LINEAGE: &str = "Sova-Lineage";
+const SEQ: &str = "Sova-Seq";
+const SOURCE_SEQ: &str = "Sova-Source-Seq";
+
+/// Pause before a feed that failed (NATS away) starts again.
+const FEED_RETRY: Duration = Duration::from_millis(500);
+
+impl Cluster {
+    /// Starts following a session this node just created; the feed ends with the session.
+    pub(crate) fn start_feed(self: &Arc<Self>, session: &Arc<Session>) {
+        tokio::spawn(run_feed(self.clone(), session.clone()));
+    }
+
+    /// Publishes a local instance's update to its session's subject. False when NATS is
+    /// away: the caller then delivers it on this node only.
+    pub(crate) async fn publish(
+        &self,
+        session: &Session,
+        source: &Member,
+        pending: &PendingBroadcast,
+    ) -> bool {
+        if !self.is_available() {
+            return false;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(SOURCE_ID, source.id.to_string().as_str());
+        headers.insert(LINEAGE, source.lineage.to_string().as_str());
+        let subject = format!("sova.u.{}", session.cluster_key);
+        let body = Bytes::copy_from_slice(pending.body());
+        match self.js.publish_with_headers(subject, headers, body).await {
+            Ok(ack) => {
+                crate::metrics::cluster_published();
+                // Waits only when 16 Ki acknowledgements are outstanding.
+                let _ = self.acks.send(ack).await;
+                true
+            }
+            Err(err) => {
+                crate::metrics::cluster_publish_failed();
+                warn!(error = %err, "Cluster: publishing an update failed; delivered on this node only");
+                false
+            }
+        }
+    }
+
+    /// Shares a snapshot a local instance published with the other nodes.
+    pub(crate) async fn publish_snapshot(&self, session: &Session, snapshot: &PublishedSnapshot) {
+        if !self.is_available() {
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(SEQ, snapshot.seq.to_string().as_str());
+        headers.insert(LINEAGE, snapshot.source.to_string().as_str());
+        headers.insert(SOURCE_SEQ, snapshot.source_seq.to_string().as_str());
+        let subject = format!("sova.snap.{}", session.cluster_key);
+        match self
+            .js
+            .publish_with_headers(subject, headers, snapshot.frame.clone())
+            .await
+        {
+            Ok(ack) => {
+                let _ = self.acks.send(ack).await;
+            }
+            Err(err) => {
+                crate::metrics::cluster_publish_failed();
+                warn!(error = %err, "Cluster: publishing a snapshot failed");
+            }
+        }
+    }
+}
+
+/// Awaits publish acknowledgements: a lost publish is logged and counted, never silent.
+pub(super) async fn check_acks(
+    cluster: Arc<Cluster>,
+    mut acks: mpsc::Receiver<PublishAckFuture>,
+    shutdown: CancellationToken,
+) {
+    let mut pending = FuturesUnordered::new();
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ack = acks.recv() => match ack {
+                Some(ack) => pending.push(std::future::IntoFuture::into_future(ack)),
+                None => return,
+            },
+            Some(result) = pending.next(), if !pending.is_empty() => {
+                if let Err(err) = result {
+                    crate::metrics::cluster_publish_failed();
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        last_warning = Some(Instant::now());
+                        warn!(node = %cluster.node, error = %err,
+                              "Cluster: NATS did not acknowledge an update: other nodes may miss it");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_feed(cluster: Arc<Cluster>, session: Arc<Session>) {
+    let mut failures = 0u32;
+    loop {
+        let failed = tokio::select! {
+            _ = session.closed.cancelled() => return,
+            result = follow(&cluster, &session) => match result {
+                Ok(()) => return,
+                Err(err) => err,
+            },
+        };
+        failures += 1;
+        // The first failures are expected while NATS restarts; say so once, then quietly.
+        if failures == 1 {
+            warn!(session = %session.label, error = %format!("{failed:#}"), "Cluster: session feed interrupted; restarting it");
+        } else {
+            debug!(session = %session.label, error = %format!("{failed:#}"), "Cluster: session feed still down");
+        }
+        tokio::select! {
+            _ = session.closed.cancelled() => return,
+            _ = tokio::time::sleep(FEED_RETRY) => {}
+        }
+    }
+}
+
+/// Delivers the session's broadcasts and snapshots until the session closes; an error
+/// when the stream cannot be read.
+async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Result<()> {
+    let objects = cluster.objects().context("cluster not set up yet")?;
+    let updates_subject = format!("sova.u.{}", session.cluster_key);
+    let snapshots_subject = format!("sova.snap.{}", session.cluster_key);
+
+    // Where to start: after what this node delivered, or (new here) every broadcast the
+    // stream still holds for the session, so this node can replay them to a resuming client.
+    let mut catch_up_to = None;
+    let deliver_policy = if session.is_ready() {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: session.last_seq() + 1,
+        }
+    } else {
+        let info = objects.updates.get_info().await?;
+        session.set_floor(info.state.first_sequence.saturating_sub(1));
+        match objects
+            .updates
+            .get_last_raw_message_by_subject(&updates_subject)
+            .await
+        {
+            Ok(last) => {
+                catch_up_to = Some(last.sequence);
+                DeliverPolicy::All
+            }
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: info.state.last_sequence + 1,
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+
+    let snapshots_info = objects.snapshots.get_info().await?;
+    match objects
+        .snapshots
+        .get_last_raw_message_by_subject(&snapshots_subject)
+        .await
+    {
+        Ok(message) => adopt_snapshot(session, &message.headers, message.payload),
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+        Err(err) => return Err(err.into()),
+    }
+
+    let mut updates = objects
+        .updates
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: cluster.client.new_inbox(),
+            filter_subject: updates_subject,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    let mut snapshots = objects
+        .snapshots
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: cluster.client.new_inbox(),
+            filter_subject: snapshots_subject,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: snapshots_info.state.last_sequence + 1,
+            },
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    if catch_up_to.is_none() && !session.is_ready() {
+        session.mark_ready(objects.updates.cached_info().state.last_sequence);
+    }
+
+    loop {
+        tokio::select! {
+            _ = session.closed.cancelled() => return Ok(()),
+            message = updates.next() => {
+                let message = message.context("update feed ended")?.map_err(|e| anyhow::anyhow!(e))?;
+                let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let headers = message.headers.as_ref();
+                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+                let source_id = header(SOURCE_ID).and_then(|v| v.parse::<Uuid>().ok()).unwrap_or(Uuid::nil());
+                let lineage = header(LINEAGE).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                let started = Instant::now();
+                let pending = PendingBroadcast::from_body(&message.payload);
+                let (delivered, frame_len) = session.deliver_sequenced(seq, source_id, lineage, pending);
+                if frame_len > 0 {
+                    cluster.stats.broadcast(delivered, frame_len, started.elapsed());
+                }
+                if catch_up_to.is_some_and(|last| seq >= last) {
+                    catch_up_to = None;
+                    session.mark_ready(seq);
+                }
+            }
+            message = snapshots.next() => {
+                let message = message.context("snapshot feed ended")?.map_err(|e| anyhow::anyhow!(e))?;
+                let headers = message.headers.clone().unwrap_or_default();
+                adopt_snapshot(session, &headers, message.payload.clone());
+            }
+        }
+    }
+}
+
+fn adopt_snapshot(session: &Session, headers: &HeaderMap, frame: Bytes) {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+    };
+    if let (Some(seq), Some(source), Some(source_seq)) =
+        (number(SEQ), number(LINEAGE), number(SOURCE_SEQ))
+    {
+        session.adopt_snapshot(seq, source, source_seq, frame);
+    }
+}

@@ -1,0 +1,435 @@
+//! Cluster mode (`--cluster-nats`): relay nodes that share sessions through NATS JetStream.
+//!
+//! JetStream orders every session (stream `SOVA_UPDATES`: each node publishes its instances'
+//! updates once, and every node with members in the session delivers them from the stream,
+//! so all members see one order); KV buckets hold who is registered (`sova_names`, claimed
+//! with `create`/compare-and-set), how many (`sova_counts`) and which nodes are alive
+//! (`sova_nodes`, expiring). docs/SCALING.md describes the design and its failure modes.
+
+mod feed;
+mod names;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, ConnectOptions};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::metrics::Stats;
+use crate::registry::Registry;
+use crate::Config;
+
+pub(crate) use names::{Claim, RemoteInstance};
+
+const UPDATES_STREAM: &str = "SOVA_UPDATES";
+const SNAPSHOTS_STREAM: &str = "SOVA_SNAPSHOTS";
+const NODES_BUCKET: &str = "sova_nodes";
+const NAMES_BUCKET: &str = "sova_names";
+const COUNTS_BUCKET: &str = "sova_counts";
+
+/// How long a registration waits for the cluster (a session's feed to catch up, a KV
+/// round trip) before it is refused as unavailable.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
+
+/// Publish acknowledgements being awaited, at most; a publisher waits beyond this.
+const MAX_PENDING_ACKS: usize = 16 * 1024;
+
+/// This node's link to the cluster.
+pub(crate) struct Cluster {
+    pub(crate) node: String,
+    /// Random per process: entries of an earlier run under the same node name are stale.
+    incarnation: String,
+    client: Client,
+    js: jetstream::Context,
+    expiry: Duration,
+    max_instances: usize,
+    history_max_bytes: u64,
+    history_max_age: Duration,
+    storage: stream::StorageType,
+    objects: RwLock<Option<Arc<Objects>>>,
+    /// From the update stream's creation time; 0 until the objects are set up.
+    epoch: AtomicU64,
+    /// When the connection to NATS (re)started, for the grace before judging others dead.
+    connected_since: Mutex<Option<Instant>>,
+    connected: AtomicBool,
+    view: Mutex<names::View>,
+    /// Registrations between claiming a slot and joining the registry.
+    in_flight: AtomicUsize,
+    acks: mpsc::Sender<jetstream::context::PublishAckFuture>,
+    acks_rx: Mutex<Option<mpsc::Receiver<jetstream::context::PublishAckFuture>>>,
+    pub(crate) stats: Arc<Stats>,
+    /// Name entries whose release failed (NATS away): retried at each heartbeat.
+    unreleased: Mutex<Vec<(String, Uuid)>>,
+}
+
+/// The NATS objects, once created or found.
+struct Objects {
+    updates: stream::Stream,
+    snapshots: stream::Stream,
+    nodes: kv::Store,
+    names: kv::Store,
+    counts: kv::Store,
+}
+
+impl Cluster {
+    /// Connects to NATS (in the background when it is not reachable yet: the relay starts
+    /// anyway, and serves cluster registrations once NATS answers).
+    pub(crate) async fn connect(config: &Config, stats: Arc<Stats>) -> anyhow::Result<Arc<Self>> {
+        let node = match &config.node_name {
+            Some(name) => name.clone(),
+            None => host_name(),
+        };
+        let mut options = ConnectOptions::new()
+            .name(format!("sova-relay {node}"))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(2)))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * 2u64.saturating_pow(attempts.min(5) as u32)).min(2000))
+            });
+        if let Some(creds) = &config.cluster_nats_creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
+        }
+        if let Some(ca) = &config.cluster_nats_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        let urls: Vec<async_nats::ServerAddr> = config
+            .cluster_nats
+            .iter()
+            .map(|url| {
+                url.parse()
+                    .with_context(|| format!("--cluster-nats: '{url}' is not a NATS URL"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let client = options
+            .connect(urls)
+            .await
+            .context("cannot connect to NATS")?;
+        let (acks, acks_rx) = mpsc::channel(MAX_PENDING_ACKS);
+        info!(node = %node, servers = %config.cluster_nats.join(","), "Cluster mode: joining through NATS");
+        Ok(Arc::new(Cluster {
+            js: jetstream::new(client.clone()),
+            client,
+            incarnation: Uuid::new_v4().simple().to_string(),
+            node,
+            expiry: config.cluster_expiry,
+            max_instances: config.max_instances,
+            history_max_bytes: config.cluster_history_max_bytes,
+            history_max_age: config.history_max_age,
+            storage: match config.cluster_storage.as_str() {
+                "memory" => stream::StorageType::Memory,
+                _ => stream::StorageType::File,
+            },
+            objects: RwLock::new(None),
+            epoch: AtomicU64::new(0),
+            connected_since: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            view: Mutex::new(names::View::default()),
+            in_flight: AtomicUsize::new(0),
+            acks,
+            acks_rx: Mutex::new(Some(acks_rx)),
+            stats,
+            unreleased: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Runs the node's cluster duties until `shutdown`: keeps the NATS objects, the
+    /// heartbeat, the view of the other nodes' instances, and the clean-up of dead nodes.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        tracker: &tokio_util::task::TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let acks_rx = lock(&self.acks_rx).take();
+        if let Some(acks_rx) = acks_rx {
+            tracker.spawn(feed::check_acks(self.clone(), acks_rx, shutdown.clone()));
+        }
+        tracker.spawn(supervise(self.clone(), registry.clone(), shutdown.clone()));
+        tracker.spawn(names::watch(
+            self.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    /// Whether cluster-wide service is possible now: NATS connected, objects set up.
+    pub(crate) fn is_available(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) && self.epoch.load(Ordering::Relaxed) != 0
+    }
+
+    /// The epoch every node gives the sessions it orders (0: not known yet).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn objects(&self) -> Option<Arc<Objects>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn nats_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The cluster as the status page shows it: live nodes and registered instances.
+    pub(crate) fn overview(&self) -> Overview {
+        let view = lock(&self.view);
+        Overview {
+            node: self.node.clone(),
+            connected: self.is_available(),
+            nodes: view.live_nodes.clone(),
+            remote_instances: view.remote_count(),
+        }
+    }
+}
+
+/// What `/api/status` and `/metrics` say about the cluster.
+pub(crate) struct Overview {
+    pub(crate) node: String,
+    pub(crate) connected: bool,
+    pub(crate) nodes: Vec<String>,
+    pub(crate) remote_instances: usize,
+}
+
+/// The part of a session's subject that names it: a hash of the token, never the token.
+pub(crate) fn session_key(token: Option<&str>) -> String {
+    match token {
+        None => "default".to_owned(),
+        Some(token) => {
+            let digest = Sha256::digest(format!("sova-session:{token}").as_bytes());
+            hex(&digest[..8])
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Keeps the connection's state, the NATS objects and the heartbeat, and sweeps dead nodes.
+async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: CancellationToken) {
+    let sweep_every = (cluster.expiry / 10).max(Duration::from_millis(250));
+    let beat_every = cluster.expiry / 4;
+    let mut tick = tokio::time::interval(sweep_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_beat: Option<Instant> = None;
+    let mut failing = Failing::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let connected = cluster.nats_connected();
+        let was = cluster.connected.swap(connected, Ordering::Relaxed);
+        if connected != was {
+            if connected {
+                info!("Cluster: connected to NATS");
+                *lock(&cluster.connected_since) = Some(Instant::now());
+                last_beat = None;
+            } else {
+                warn!("Cluster: NATS unreachable; serving this node's instances only");
+                *lock(&cluster.connected_since) = None;
+            }
+        }
+        crate::metrics::cluster_connected(cluster.is_available());
+        let overview = cluster.overview();
+        crate::metrics::set_cluster_population(overview.nodes.len(), overview.remote_instances);
+        if !connected {
+            continue;
+        }
+        if cluster.objects().is_none() {
+            match cluster.set_up().await {
+                Ok(()) => info!(
+                    epoch = cluster.epoch(),
+                    "Cluster: streams and buckets ready"
+                ),
+                Err(err) => {
+                    failing.report("setting up the streams and buckets", &err);
+                    continue;
+                }
+            }
+        }
+        if last_beat.is_none_or(|at| at.elapsed() >= beat_every) {
+            match cluster.heartbeat(&registry).await {
+                Ok(()) => last_beat = Some(Instant::now()),
+                Err(err) => failing.report("heartbeat", &err),
+            }
+        }
+        match cluster.sweep_dead_nodes(&registry).await {
+            Ok(()) => failing.clear(),
+            Err(err) => failing.report("checking for dead nodes", &err),
+        }
+    }
+    cluster.leave().await;
+}
+
+impl Cluster {
+    /// Creates (or finds) the streams and buckets every node shares.
+    async fn set_up(&self) -> anyhow::Result<()> {
+        let updates = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: UPDATES_STREAM.to_owned(),
+                subjects: vec!["sova.u.>".to_owned()],
+                max_bytes: i64::try_from(self.history_max_bytes).unwrap_or(i64::MAX),
+                max_age: self.history_max_age,
+                storage: self.storage,
+                discard: stream::DiscardPolicy::Old,
+                ..Default::default()
+            })
+            .await
+            .context("stream SOVA_UPDATES")?;
+        let snapshots = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: SNAPSHOTS_STREAM.to_owned(),
+                subjects: vec!["sova.snap.>".to_owned()],
+                max_messages_per_subject: 1,
+                max_age: self.history_max_age,
+                storage: self.storage,
+                discard: stream::DiscardPolicy::Old,
+                ..Default::default()
+            })
+            .await
+            .context("stream SOVA_SNAPSHOTS")?;
+        let nodes = self
+            .bucket(NODES_BUCKET, self.expiry)
+            .await
+            .context("bucket sova_nodes")?;
+        let names = self
+            .bucket(NAMES_BUCKET, Duration::ZERO)
+            .await
+            .context("bucket sova_names")?;
+        let counts = self
+            .bucket(COUNTS_BUCKET, Duration::ZERO)
+            .await
+            .context("bucket sova_counts")?;
+        let created = updates.cached_info().created.unix_timestamp_nanos();
+        // Never 0 (0 means "not known yet").
+        let epoch = u64::try_from(created.rem_euclid(i128::from(u64::MAX)))
+            .unwrap_or(1)
+            .max(1);
+        *self.objects.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Objects {
+            updates,
+            snapshots,
+            nodes,
+            names,
+            counts,
+        }));
+        self.epoch.store(epoch, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A KV bucket, created as `create_key_value` would: its account-info request does
+    /// not parse against nats-server 2.9 (Debian's), so the bucket's stream is made here.
+    async fn bucket(&self, name: &str, max_age: Duration) -> anyhow::Result<kv::Store> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{name}"),
+                subjects: vec![format!("$KV.{name}.>")],
+                max_messages_per_subject: 1,
+                max_age,
+                storage: self.storage,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await?;
+        Ok(self.js.get_key_value(name).await?)
+    }
+
+    /// Says this node is alive, and corrects its own instance count.
+    async fn heartbeat(&self, registry: &Registry) -> anyhow::Result<()> {
+        let objects = self.objects().context("not set up")?;
+        let beat = serde_json::json!({
+            "incarnation": self.incarnation,
+            "at_ms": crate::registry::now_ms(),
+        });
+        objects
+            .nodes
+            .put(&self.node, serde_json::to_vec(&beat)?.into())
+            .await?;
+        let local = registry.instance_count() + self.in_flight.load(Ordering::Relaxed);
+        names::set_count(&objects.counts, &self.node, Some(local)).await?;
+        let retry: Vec<(String, Uuid)> = std::mem::take(&mut *lock(&self.unreleased));
+        for (key, id) in retry {
+            self.release(key, id).await;
+        }
+        Ok(())
+    }
+
+    /// On shutdown: says this node is gone, so the others need not wait for the expiry.
+    async fn leave(&self) {
+        let Some(objects) = self.objects() else {
+            return;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = objects.nodes.delete(&self.node).await;
+            let _ = self.client.flush().await;
+        })
+        .await;
+    }
+}
+
+/// Says that a cluster duty fails once, not at every tick, and when it works again.
+#[derive(Default)]
+struct Failing {
+    since: Option<Instant>,
+}
+
+impl Failing {
+    fn report(&mut self, what: &str, err: &anyhow::Error) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            warn!(error = %format!("{err:#}"), "Cluster: {what} failed; retrying");
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(after = ?since.elapsed(), "Cluster: NATS requests work again");
+        }
+    }
+}
+
+/// The host's name, for a node started without `--node-name`.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .map(|c| match c {
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => c,
+            _ => '-',
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "sova-relay".to_owned()
+    } else {
+        name
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

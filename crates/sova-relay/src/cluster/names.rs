@@ -1,0 +1,595 @@
+//! Who is registered across the cluster: names claimed atomically in `sova_names`, the
+//! instance count in `sova_counts`, which nodes are alive (`sova_nodes`), and the view each
+//! node keeps of the others' instances (from a watch), which tells its own members who
+//! joined and left elsewhere.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sova_relay_protocol::{encode_frame, InstanceInfo, Message};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::{hex, lock, Cluster, REGISTRATION_WAIT};
+use crate::reason::DisconnectReason;
+use crate::registry::{NewMember, RegisterError, Registration, Registry};
+use crate::session::Session;
+
+const COUNTS_KEY: &str = "instances";
+
+/// One registered instance, as `sova_names` holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NameValue {
+    id: Uuid,
+    name: String,
+    version: String,
+    node: String,
+    incarnation: String,
+    connected_at_ms: u64,
+    /// SHA-256 of its resume secret (hex): another node checks a resuming client with it.
+    secret_sha256: Option<String>,
+}
+
+/// An instance registered on another node.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteInstance {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) node: String,
+    pub(crate) connected_at: SystemTime,
+}
+
+impl RemoteInstance {
+    pub(crate) fn info(&self) -> InstanceInfo {
+        InstanceInfo {
+            id: self.id,
+            name: self.name.clone(),
+            version: self.version.clone(),
+            connected_at: self.connected_at,
+            last_activity: self.connected_at,
+        }
+    }
+}
+
+struct Remote {
+    revision: u64,
+    value: NameValue,
+}
+
+/// What this node knows of the rest of the cluster.
+#[derive(Default)]
+pub(crate) struct View {
+    /// Other nodes' instances, by session key then name key.
+    sessions: HashMap<String, HashMap<String, Remote>>,
+    /// Nodes by name: incarnation and when NATS last stored its heartbeat.
+    heartbeats: HashMap<String, (String, SystemTime)>,
+    /// Names of the nodes alive at the last sweep (this one included).
+    pub(crate) live_nodes: Vec<String>,
+}
+
+impl View {
+    pub(crate) fn remote_count(&self) -> usize {
+        self.sessions.values().map(HashMap::len).sum()
+    }
+}
+
+impl Cluster {
+    /// Registers an instance cluster-wide (name and slot in NATS), then on this node.
+    pub(crate) async fn register(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        new: NewMember,
+    ) -> Result<Registration, RegisterError> {
+        let objects = self
+            .objects()
+            .filter(|_| self.is_available())
+            .ok_or(RegisterError::Unavailable)?;
+        let pin = registry.pin_session(&new.session_token);
+        if !pin.wait_ready(REGISTRATION_WAIT).await {
+            warn!(session = %pin.label(), "Cluster: the session's feed did not catch up in time");
+            return Err(RegisterError::Unavailable);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let claimed =
+            tokio::time::timeout(REGISTRATION_WAIT, self.claim(&objects, &new, pin.key())).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let (key, _revision) = match claimed {
+            Ok(claimed) => claimed?,
+            Err(_) => return Err(RegisterError::Unavailable),
+        };
+        let id = new.id;
+        match registry.register(new) {
+            Ok(mut registration) => {
+                registration.claim = Some(Claim {
+                    cluster: self.clone(),
+                    key,
+                    id,
+                });
+                Ok(registration)
+            }
+            Err(err) => {
+                self.release(key, id).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Claims the name (or takes over its entry with the resume secret) and, for a new
+    /// instance, a slot of `--max-instances`. Returns the key and the entry's revision.
+    async fn claim(
+        &self,
+        objects: &super::Objects,
+        new: &NewMember,
+        session: &str,
+    ) -> Result<(String, u64), RegisterError> {
+        let key = format!("{session}.{}", hex(new.name.as_bytes()));
+        let value = NameValue {
+            id: new.id,
+            name: new.name.clone(),
+            version: new.version.clone(),
+            node: self.node.clone(),
+            incarnation: self.incarnation.clone(),
+            connected_at_ms: crate::registry::now_ms(),
+            secret_sha256: new
+                .secret
+                .as_ref()
+                .map(|s| hex(&Sha256::digest(s.as_bytes()))),
+        };
+        let bytes: bytes::Bytes = serde_json::to_vec(&value)
+            .map_err(|_| RegisterError::Unavailable)?
+            .into();
+        let current = objects
+            .names
+            .entry(key.clone())
+            .await
+            .map_err(unavailable)?;
+        let holder = current
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| {
+                Some((
+                    e.revision,
+                    serde_json::from_slice::<NameValue>(&e.value).ok()?,
+                ))
+            });
+        if let Some((revision, holder)) = holder {
+            if !presents_secret_of(new, &holder) {
+                return Err(RegisterError::NameTaken(new.name.clone()));
+            }
+            let revision = match objects.names.update(&key, bytes, revision).await {
+                Ok(revision) => revision,
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    return Err(RegisterError::NameTaken(new.name.clone()))
+                }
+                Err(err) => return Err(unavailable(err)),
+            };
+            if holder.node != self.node {
+                let _ = add_count(&objects.counts, &self.node, 1).await;
+            }
+            return Ok((key, revision));
+        }
+        reserve(&objects.counts, &self.node, self.max_instances).await?;
+        match objects.names.create(&key, bytes).await {
+            Ok(revision) => Ok((key, revision)),
+            Err(err) => {
+                let _ = add_count(&objects.counts, &self.node, -1).await;
+                match err.kind() {
+                    kv::CreateErrorKind::AlreadyExists => {
+                        Err(RegisterError::NameTaken(new.name.clone()))
+                    }
+                    _ => Err(unavailable(err)),
+                }
+            }
+        }
+    }
+
+    /// Frees a name this node claimed for instance `id`, unless another node has taken it
+    /// over since; retried at the next heartbeat when NATS does not answer.
+    pub(super) async fn release(&self, key: String, id: Uuid) {
+        let Some(objects) = self.objects() else {
+            lock(&self.unreleased).push((key, id));
+            return;
+        };
+        let released = async {
+            let entry = objects.names.entry(key.clone()).await.ok()?;
+            let entry = entry.filter(|e| e.operation == kv::Operation::Put)?;
+            let value: NameValue = serde_json::from_slice(&entry.value).ok()?;
+            if value.id != id {
+                return Some(false);
+            }
+            match objects
+                .names
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+            {
+                Ok(()) => Some(true),
+                Err(_) => None,
+            }
+        };
+        match tokio::time::timeout(REGISTRATION_WAIT, released).await {
+            Ok(Some(true)) => {
+                let _ = add_count(&objects.counts, &self.node, -1).await;
+            }
+            Ok(Some(false)) => {}
+            Ok(None) | Err(_) => {
+                debug!(%key, "Cluster: releasing a name failed; retrying at the next heartbeat");
+                lock(&self.unreleased).push((key, id));
+            }
+        }
+    }
+
+    /// The instances of a session registered on other nodes.
+    pub(crate) fn remote_instances(&self, session: &str) -> Vec<RemoteInstance> {
+        let view = lock(&self.view);
+        view.sessions
+            .get(session)
+            .map(|entries| {
+                entries
+                    .values()
+                    .map(|r| remote_instance(&r.value))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Applies one change of `sova_names` to the view, and tells this node's members.
+    fn apply(&self, registry: &Registry, entry: kv::Entry) {
+        let Some((session_key, _)) = entry.key.split_once('.') else {
+            return;
+        };
+        let session_key = session_key.to_owned();
+        let session = registry.session_by_key(&session_key);
+        match entry.operation {
+            kv::Operation::Put => {
+                let Ok(value) = serde_json::from_slice::<NameValue>(&entry.value) else {
+                    warn!(key = %entry.key, "Cluster: unreadable entry in sova_names ignored");
+                    return;
+                };
+                let own = value.node == self.node && value.incarnation == self.incarnation;
+                let previous = {
+                    let mut view = lock(&self.view);
+                    let entries = view.sessions.entry(session_key.clone()).or_default();
+                    let previous = entries.remove(&entry.key);
+                    if !own {
+                        entries.insert(
+                            entry.key.clone(),
+                            Remote {
+                                revision: entry.revision,
+                                value: value.clone(),
+                            },
+                        );
+                    }
+                    if entries.is_empty() {
+                        view.sessions.remove(&session_key);
+                    }
+                    previous
+                };
+                let Some(session) = session else {
+                    return;
+                };
+                let is_new = previous.as_ref().is_none_or(|p| p.value.id != value.id);
+                if let Some(previous) = previous.filter(|p| p.value.id != value.id) {
+                    tell_left(&session, &previous.value, Some(value.id));
+                }
+                if own {
+                    return;
+                }
+                // Taken over on another node (a resumed client): this node's holder goes.
+                for member in session.members().iter() {
+                    if member.name == value.name && member.id != value.id {
+                        member.outbox.request_close(DisconnectReason::Superseded);
+                    }
+                }
+                if is_new {
+                    tell_joined(&session, &value);
+                }
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                let previous = {
+                    let mut view = lock(&self.view);
+                    let previous = view
+                        .sessions
+                        .get_mut(&session_key)
+                        .and_then(|entries| entries.remove(&entry.key));
+                    if view
+                        .sessions
+                        .get(&session_key)
+                        .is_some_and(HashMap::is_empty)
+                    {
+                        view.sessions.remove(&session_key);
+                    }
+                    previous
+                };
+                if let (Some(session), Some(previous)) = (session, previous) {
+                    tell_left(&session, &previous.value, None);
+                }
+            }
+        }
+    }
+
+    fn apply_heartbeat(&self, entry: kv::Entry) {
+        let mut view = lock(&self.view);
+        match entry.operation {
+            kv::Operation::Put => {
+                let incarnation = serde_json::from_slice::<serde_json::Value>(&entry.value)
+                    .ok()
+                    .and_then(|v| v.get("incarnation")?.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let at = UNIX_EPOCH
+                    + Duration::from_nanos(
+                        u64::try_from(entry.created.unix_timestamp_nanos()).unwrap_or(0),
+                    );
+                view.heartbeats.insert(entry.key, (incarnation, at));
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                view.heartbeats.remove(&entry.key);
+            }
+        }
+    }
+
+    /// Frees the names of nodes whose heartbeat expired (or who said goodbye), once this
+    /// node has itself been connected long enough to have seen every live node's beat.
+    pub(super) async fn sweep_dead_nodes(&self, _registry: &Registry) -> anyhow::Result<()> {
+        let Some(objects) = self.objects() else {
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let alive = |at: &SystemTime| now.duration_since(*at).unwrap_or_default() <= self.expiry;
+        let (dead_entries, dead_nodes) = {
+            let mut view = lock(&self.view);
+            let live: HashMap<String, String> = view
+                .heartbeats
+                .iter()
+                .filter(|(_, (_, at))| alive(at))
+                .map(|(node, (incarnation, _))| (node.clone(), incarnation.clone()))
+                .collect();
+            let mut names: Vec<String> = live.keys().cloned().collect();
+            if !names.contains(&self.node) {
+                names.push(self.node.clone());
+            }
+            names.sort();
+            view.live_nodes = names;
+            let settled = lock(&self.connected_since)
+                .is_some_and(|since: Instant| since.elapsed() >= self.expiry);
+            if !settled {
+                return Ok(());
+            }
+            let is_live = |value: &NameValue| {
+                (value.node == self.node && value.incarnation == self.incarnation)
+                    || live.get(&value.node) == Some(&value.incarnation)
+            };
+            let dead_entries: Vec<(String, u64, String)> = view
+                .sessions
+                .values()
+                .flat_map(|entries| entries.iter())
+                .filter(|(_, remote)| !is_live(&remote.value))
+                .map(|(key, remote)| (key.clone(), remote.revision, remote.value.node.clone()))
+                .collect();
+            let dead_nodes: HashSet<String> = dead_entries
+                .iter()
+                .map(|(_, _, node)| node.clone())
+                .filter(|node| !live.contains_key(node))
+                .collect();
+            (dead_entries, dead_nodes)
+        };
+        for (key, revision, node) in dead_entries {
+            // Whichever node gets here first deletes it; the others' revision is stale.
+            if objects
+                .names
+                .delete_expect_revision(&key, Some(revision))
+                .await
+                .is_ok()
+            {
+                info!(%key, %node, "Cluster: freed a name held by a dead node");
+            }
+        }
+        for node in dead_nodes {
+            if set_count(&objects.counts, &node, None).await.is_ok() {
+                warn!(%node, "Cluster: node declared dead; its instances were released");
+                crate::metrics::cluster_dead_node();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tells this node's members that an instance of another node left.
+fn tell_left(session: &Session, left: &NameValue, except: Option<Uuid>) {
+    let frame = encode_frame(&Message::InstanceDisconnected {
+        instance_id: left.id,
+        instance_name: left.name.clone(),
+    });
+    for member in session.members().iter() {
+        if Some(member.id) != except && member.id != left.id {
+            member.outbox.deliver(frame.clone());
+        }
+    }
+}
+
+/// Tells this node's `presence` members that an instance joined on another node.
+fn tell_joined(session: &Session, joined: &NameValue) {
+    let frame = encode_frame(&Message::InstanceConnected {
+        instance_id: joined.id,
+        instance_name: joined.name.clone(),
+    });
+    for member in session.members().iter().filter(|m| m.presence) {
+        if member.id != joined.id {
+            member.outbox.deliver(frame.clone());
+        }
+    }
+}
+
+fn remote_instance(value: &NameValue) -> RemoteInstance {
+    RemoteInstance {
+        id: value.id,
+        name: value.name.clone(),
+        version: value.version.clone(),
+        node: value.node.clone(),
+        connected_at: UNIX_EPOCH + Duration::from_millis(value.connected_at_ms),
+    }
+}
+
+/// Whether `new` presents the resume secret of the instance holding the name.
+fn presents_secret_of(new: &NewMember, holder: &NameValue) -> bool {
+    let (Some(resume), Some(issued)) = (&new.resume, &holder.secret_sha256) else {
+        return false;
+    };
+    let given = hex(&Sha256::digest(resume.secret.as_bytes()));
+    given.as_bytes().ct_eq(issued.as_bytes()).into()
+}
+
+fn unavailable(err: impl std::fmt::Display) -> RegisterError {
+    warn!(error = %err, "Cluster: NATS request failed during a registration");
+    RegisterError::Unavailable
+}
+
+/// Takes a slot of `--max-instances` for this node, atomically across the cluster.
+async fn reserve(counts: &kv::Store, node: &str, max: usize) -> Result<(), RegisterError> {
+    loop {
+        let (mut map, revision) = read_counts(counts).await.map_err(unavailable)?;
+        if map.values().sum::<usize>() >= max {
+            return Err(RegisterError::Full(max));
+        }
+        *map.entry(node.to_owned()).or_default() += 1;
+        match write_counts(counts, &map, revision).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => continue,
+            Err(err) => return Err(unavailable(err)),
+        }
+    }
+}
+
+/// Adds `delta` to this node's count (no limit: a resume or a release).
+async fn add_count(counts: &kv::Store, node: &str, delta: i64) -> anyhow::Result<()> {
+    loop {
+        let (mut map, revision) = read_counts(counts).await?;
+        let count = map.entry(node.to_owned()).or_default();
+        *count = usize::try_from(i64::try_from(*count).unwrap_or(0) + delta).unwrap_or(0);
+        if write_counts(counts, &map, revision).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Sets a node's count (`None`: removes the node).
+pub(super) async fn set_count(
+    counts: &kv::Store,
+    node: &str,
+    count: Option<usize>,
+) -> anyhow::Result<()> {
+    loop {
+        let (mut map, revision) = read_counts(counts).await?;
+        let unchanged = map.get(node).copied() == count;
+        if unchanged {
+            return Ok(());
+        }
+        match count {
+            Some(count) => map.insert(node.to_owned(), count),
+            None => map.remove(node),
+        };
+        if write_counts(counts, &map, revision).await? {
+            return Ok(());
+        }
+    }
+}
+
+async fn read_counts(counts: &kv::Store) -> anyhow::Result<(HashMap<String, usize>, Option<u64>)> {
+    let entry = counts.entry(COUNTS_KEY).await?;
+    match entry.filter(|e| e.operation == kv::Operation::Put) {
+        Some(entry) => Ok((serde_json::from_slice(&entry.value)?, Some(entry.revision))),
+        None => Ok((HashMap::new(), None)),
+    }
+}
+
+/// Compare-and-set; false when another node wrote first.
+async fn write_counts(
+    counts: &kv::Store,
+    map: &HashMap<String, usize>,
+    revision: Option<u64>,
+) -> anyhow::Result<bool> {
+    let bytes: bytes::Bytes = serde_json::to_vec(map)?.into();
+    match revision {
+        Some(revision) => match counts.update(COUNTS_KEY, bytes, revision).await {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(err) => Err(err.into()),
+        },
+        None => match counts.create(COUNTS_KEY, bytes).await {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(err) => Err(err.into()),
+        },
+    }
+}
+
+/// Follows `sova_names` and `sova_nodes` for as long as the relay runs.
+pub(super) async fn watch(
+    cluster: Arc<Cluster>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let Some(objects) = cluster.objects() else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            }
+        };
+        let watches = async {
+            let names = objects.names.watch_all().await?;
+            let nodes = objects.nodes.watch_all().await?;
+            anyhow::Ok((names, nodes))
+        };
+        let (mut names, mut nodes) = match watches.await {
+            Ok(watches) => watches,
+            Err(err) => {
+                warn!(error = %err, "Cluster: cannot watch the registry yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                entry = names.next() => match entry {
+                    Some(Ok(entry)) => cluster.apply(&registry, entry),
+                    Some(Err(err)) => { warn!(error = %err, "Cluster: registry watch failed; restarting it"); break }
+                    None => break,
+                },
+                entry = nodes.next() => match entry {
+                    Some(Ok(entry)) => cluster.apply_heartbeat(entry),
+                    Some(Err(err)) => { warn!(error = %err, "Cluster: node watch failed; restarting it"); break }
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
+/// A registration's claim on its name: released when the registration ends.
+pub(crate) struct Claim {
+    cluster: Arc<Cluster>,
+    key: String,
+    id: Uuid,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let cluster = self.cluster.clone();
+        let key = std::mem::take(&mut self.key);
+        let id = self.id;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { cluster.release(key, id).await });
+        }
+    }
+}
