@@ -1,0 +1,98 @@
+//! Cluster mode (`--cluster-nats`) end to end: a real `nats-server -js` on a free port of
+//! 127.0.0.1 and relay nodes as real processes (`node-0`, `node-1`, …, `--cluster-expiry
+//! 3s`), with raw protocol clients on each node:
+//!
+//! - instances on different nodes exchange updates per-source in order, exactly once, in
+//!   one global order (`seq` the same everywhere); cluster-wide presence;
+//! - 30 racing registrations of one name across three nodes: exactly one wins; a
+//!   cluster-wide `--max-instances` under a race;
+//! - a node SIGKILLed: its instances' names free within the expiry, the others told
+//!   `InstanceDisconnected` once; its client resumes on another node with every update
+//!   exactly once;
+//! - NATS restarted mid-test: `/readyz` 503 meanwhile, nodes recover without a restart;
+//! - a late joiner on another node gets the session's snapshot.
+//!
+//! Needs `nats-server` (Debian's package; `scripts/install-test-deps.sh`). Without it each
+//! test prints `SKIPPED: nats-server not found …` and passes, unless `SOVA_REQUIRE_NATS=1`
+//! (as in `.ci/run`), where it fails.
+
+#![allow(clippy::unwrap_used, missing_docs)] // a test that unwraps fails loudly, as it should
+
+#[path = "cluster/failover.rs"]
+mod failover;
+#[path = "cluster/harness.rs"]
+mod harness;
+#[path = "cluster/outage.rs"]
+mod outage;
+#[path = "cluster/registry.rs"]
+mod registry;
+#[path = "cluster/relaying.rs"]
+mod relaying;
+// The raw protocol client of the `it` tests; this binary uses only part of that module.
+#[allow(dead_code)]
+#[path = "it/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use harness::{relay_command, Cluster, WAIT};
+
+#[test]
+fn help_documents_the_cluster_flags() {
+    let output = relay_command()
+        .arg("--help")
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--cluster-nats",
+        "--node-name",
+        "--cluster-expiry",
+        "--cluster-nats-creds",
+        "--cluster-nats-ca",
+        "--cluster-history-max-bytes",
+        "--cluster-storage",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not mention {flag}:\n{help}"
+        );
+    }
+    for env in ["SOVA_CLUSTER_NATS", "SOVA_NODE_NAME"] {
+        assert!(help.contains(env), "--help does not mention {env}:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_name_held_by_a_live_node_is_refused_with_a_one_line_error() {
+    let Some(cluster) = Cluster::start("duplicate-name", 1, &[]).await else {
+        return;
+    };
+    let mut twin = relay_command()
+        .args(harness::node_args(&cluster.nats.url(), "node-0"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = twin.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = twin.kill();
+            let _ = twin.wait();
+            panic!("a second node-0 kept running for {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = twin.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("sova-relay: "), "{stderr}");
+    assert!(last.contains("node-0"), "{stderr}");
+    // The live node-0 is unaffected.
+    cluster.nodes[0].wait_ready(200, WAIT).await;
+}
