@@ -4,9 +4,14 @@
 # relay (TCP and WebSocket), NATS and Redis, each server started fresh on a free loopback
 # port and stopped by pid. Prints the comparison tables (Markdown) on stdout; progress on
 # stderr. Arguments go to `sova-relay-bench suite` (e.g. --duration 5s, --scenarios jam).
+# The `cluster` scenario (last) runs jam and burst on one relay, then on relay nodes that
+# share the session through one `nats-server -js` (temporary store), clients spread
+# round-robin over the nodes: relay CPU summed over the nodes, nats-server's apart.
 #
-#   scripts/bench.sh                         # the whole suite, 10 s per scenario (~6 min)
+#   scripts/bench.sh                         # the whole suite, 10 s per scenario (~7 min)
 #   scripts/bench.sh --json-out bench.json   # also every report as JSON
+#   scripts/bench.sh --scenarios cluster     # only the cluster table (~1 min)
+#   scripts/bench.sh --scenarios cluster --cluster-nodes 0,3 --cluster-workloads jam
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

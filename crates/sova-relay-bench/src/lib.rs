@@ -8,6 +8,7 @@
 //! and memory come from `/proc/PID`. See `BENCHMARKS.md` at the repository root.
 
 pub mod clock;
+pub mod cluster;
 pub mod payload;
 pub mod procfs;
 mod proto;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use sova_relay_bench::cluster::{self, ClusterOptions, Layout};
 use sova_relay_bench::scenario::{self, Scenario};
 use sova_relay_bench::servers::Binaries;
 use sova_relay_bench::suite::{self, SuiteOptions};
@@ -134,13 +135,20 @@ struct SuiteArgs {
         default_value = "relay-tcp,relay-ws,nats,redis"
     )]
     targets: Vec<Target>,
-    /// Scenarios, in order.
+    /// Scenarios, in order. `cluster` (its own table, after the others) runs the
+    /// --cluster-workloads on one relay and on relay nodes sharing one nats-server -js.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "jam,burst,fanout,large,idle,many-sessions,churn"
+        default_value = "jam,burst,fanout,large,idle,many-sessions,churn,cluster"
     )]
     scenarios: Vec<String>,
+    /// The cluster scenario: standard workloads it runs (relay-tcp, whatever --targets).
+    #[arg(long, value_delimiter = ',', default_value = "jam,burst")]
+    cluster_workloads: Vec<String>,
+    /// The cluster scenario: relay layouts as node counts (0: one relay without NATS).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,3")]
+    cluster_nodes: Vec<usize>,
     /// The relay binary (default: `sova-relay` beside this program).
     #[arg(long)]
     relay_bin: Option<PathBuf>,
@@ -198,6 +206,7 @@ fn main() -> anyhow::Result<()> {
             for scenario in scenario::SCENARIOS {
                 println!("{:<14} {}", scenario.name, scenario.about);
             }
+            println!("{:<14} {} (suite only)", cluster::NAME, cluster::ABOUT);
             Ok(())
         }
     }
@@ -219,7 +228,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let workload = Workload {
         scenario: args.scenario.clone(),
         target: args.target,
-        addr: args.addr,
+        addrs: vec![args.addr],
         mode: args.mode.unwrap_or(base.mode),
         groups: args.groups.unwrap_or(base.groups).max(1),
         members: args.members.unwrap_or(base.members).max(1),
@@ -274,8 +283,22 @@ async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
     let scenarios = args
         .scenarios
         .iter()
+        .filter(|name| *name != cluster::NAME)
         .map(|name| scenario(name))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let cluster = ClusterOptions {
+        workloads: args
+            .cluster_workloads
+            .iter()
+            .map(|name| scenario(name))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        layouts: args
+            .cluster_nodes
+            .iter()
+            .map(|&n| Layout::from_count(n))
+            .collect(),
+    };
+    let with_cluster = args.scenarios.iter().any(|name| name == cluster::NAME);
     let relay = match args.relay_bin {
         Some(path) => path,
         None => std::env::current_exe()
@@ -295,14 +318,26 @@ async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
         sova_version: args.common.sova_version,
     };
     let outcomes = suite::run(&options).await;
+    let clustered = if with_cluster {
+        cluster::run(&cluster, &options).await
+    } else {
+        Vec::new()
+    };
     if let Some(path) = &args.json_out {
         let reports: Vec<_> = outcomes
             .iter()
-            .filter_map(|o| o.result.as_ref().ok())
+            .map(|o| &o.result)
+            .chain(clustered.iter().map(|o| &o.result))
+            .filter_map(|result| result.as_ref().ok())
             .collect();
         std::fs::write(path, serde_json::to_string_pretty(&reports)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("{}", suite::markdown(&outcomes, &options));
+    if !options.scenarios.is_empty() {
+        println!("{}", suite::markdown(&outcomes, &options));
+    }
+    if with_cluster {
+        println!("{}", cluster::markdown(&clustered));
+    }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::procfs::ProcSample;
 use crate::proto::Target;
 
 /// The outcome of one scenario against one server.
@@ -36,8 +37,11 @@ pub struct Report {
     /// Rate mode: how late publishers sent against their schedule, microseconds. Large
     /// values mean the load generator itself fell behind.
     pub send_lag_us: Option<Latency>,
-    /// What the server process used, when its pid was known.
+    /// What the server process used, when its pid was known (a cluster: its relay
+    /// nodes together).
     pub server: Option<ServerUsage>,
+    /// What the broker behind the servers used (a cluster: nats-server), if any.
+    pub broker: Option<ServerUsage>,
     /// Errors the server sent (rate limit, slow consumer, ...).
     pub server_errors: u64,
     /// Deliveries that did not carry a well-formed payload.
@@ -87,6 +91,30 @@ pub struct ServerUsage {
     pub per_connection_kib: f64,
 }
 
+impl ServerUsage {
+    /// The usage between the readings `[before the clients, with them connected, start of
+    /// the measured span, its end]`, when all four were taken.
+    pub fn between(
+        samples: [Option<ProcSample>; 4],
+        delivered: u64,
+        clients: usize,
+    ) -> Option<ServerUsage> {
+        let [Some(baseline), Some(connected), Some(from), Some(to)] = samples else {
+            return None;
+        };
+        let cpu_s = from.cpu_seconds_until(&to);
+        Some(ServerUsage {
+            cpu_s,
+            cpu_us_per_delivery: (delivered > 0).then(|| cpu_s * 1e6 / delivered as f64),
+            peak_rss_kib: to.peak_rss_kib,
+            baseline_rss_kib: baseline.rss_kib,
+            connected_rss_kib: connected.rss_kib,
+            per_connection_kib: connected.rss_kib.saturating_sub(baseline.rss_kib) as f64
+                / clients.max(1) as f64,
+        })
+    }
+}
+
 /// Churn mode counters.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Churn {
@@ -129,6 +157,12 @@ impl Report {
             );
             if let Some(per) = s.cpu_us_per_delivery {
                 line += &format!(" cpu/delivery={per:.2}us");
+            }
+        }
+        if let Some(b) = &self.broker {
+            line += &format!(" broker_cpu={:.2}s", b.cpu_s);
+            if let Some(per) = b.cpu_us_per_delivery {
+                line += &format!(" broker_cpu/delivery={per:.2}us");
             }
         }
         if let Some(c) = &self.churn {

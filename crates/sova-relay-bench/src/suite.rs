@@ -85,7 +85,7 @@ pub fn workload_for(
     Workload {
         scenario: scenario.name.to_owned(),
         target,
-        addr,
+        addrs: vec![addr],
         mode: scenario.mode,
         groups: scenario.groups,
         members: scenario.members,

@@ -22,6 +22,8 @@ use crate::procfs::ProcSample;
 use crate::proto::{self, ClientSpec, Reader, Sink, Target, Writer};
 use crate::report::{Churn, Latency, Report, ServerUsage};
 
+mod churn;
+
 /// What the clients do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -41,9 +43,10 @@ pub struct Workload {
     pub scenario: String,
     /// The server driven.
     pub target: Target,
-    /// Its address (loopback).
+    /// Its addresses (loopback): client `i` connects to `addrs[i % addrs.len()]`, so the
+    /// clients of a cluster's nodes are spread round-robin over them; usually one.
     #[serde(skip)]
-    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     /// What the clients do.
     pub mode: Mode,
     /// Independent groups (relay sessions, NATS subjects, Redis channels).
@@ -75,6 +78,11 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The address client number `client` connects to (`run` checks there is one).
+    pub fn addr_of(&self, client: usize) -> SocketAddr {
+        self.addrs[client % self.addrs.len().max(1)]
+    }
+
     /// Clients that stay connected for the whole run.
     pub fn clients(&self) -> usize {
         self.groups * self.members
@@ -368,7 +376,7 @@ async fn connect_all(
         let payload = payload.clone();
         let (target, addr, version) = (
             workload.target,
-            workload.addr,
+            workload.addr_of(client),
             workload.sova_version.clone(),
         );
         // A broker client subscribes when somebody else in its group publishes (or, idle,
@@ -399,8 +407,31 @@ async fn connect_all(
     Ok(clients.into_iter().flatten().collect())
 }
 
+/// The processes whose CPU and memory a run reports: the servers the clients talk to
+/// (summed: a cluster's relay nodes) and, apart, a broker behind them (a cluster's NATS).
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// Pids summed into [`Report::server`].
+    pub servers: Vec<u32>,
+    /// Pids summed into [`Report::broker`].
+    pub broker: Vec<u32>,
+}
+
 /// Runs `workload`; `server_pid` adds the server's CPU and memory to the report.
 pub async fn run(workload: &Workload, server_pid: Option<u32>) -> anyhow::Result<Report> {
+    let watch = Watch {
+        servers: server_pid.into_iter().collect(),
+        broker: Vec::new(),
+    };
+    run_watching(workload, &watch).await
+}
+
+/// Runs `workload`, reading the CPU and memory of the processes in `watch`.
+pub async fn run_watching(workload: &Workload, watch: &Watch) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        !workload.addrs.is_empty(),
+        "the workload has no server address"
+    );
     let _ = now_ns();
     let payload = Arc::new(payload::template(workload.size));
     let per_group = workload.publishers_per_group();
@@ -430,7 +461,12 @@ pub async fn run(workload: &Workload, server_pid: Option<u32>) -> anyhow::Result
         notes: Mutex::new(Vec::new()),
         stop: CancellationToken::new(),
     });
-    let sample = || server_pid.map(ProcSample::read).transpose();
+    let sample = || -> std::io::Result<Sample> {
+        Ok([
+            ProcSample::read_sum(&watch.servers)?,
+            ProcSample::read_sum(&watch.broker)?,
+        ])
+    };
     let baseline = sample().context("reading the server's /proc")?;
     let connect_started = Instant::now();
     let clients = connect_all(workload, &payload).await?;
@@ -471,7 +507,7 @@ pub async fn run(workload: &Workload, server_pid: Option<u32>) -> anyhow::Result
         }
     }
     let churn = if workload.mode == Mode::Churn {
-        Some(spawn_churners(workload, &payload, &shared, end))
+        Some(churn::spawn_churners(workload, &payload, &shared, end))
     } else {
         None
     };
@@ -518,12 +554,10 @@ pub async fn run(workload: &Workload, server_pid: Option<u32>) -> anyhow::Result
     ))
 }
 
-type Samples = (
-    Option<ProcSample>,
-    Option<ProcSample>,
-    Option<ProcSample>,
-    Option<ProcSample>,
-);
+/// One reading of the watched servers and of the broker.
+type Sample = [Option<ProcSample>; 2];
+/// Before the clients, with them connected, and the start and end of the measured span.
+type Samples = (Sample, Sample, Sample, Sample);
 
 fn build_report(
     workload: &Workload,
@@ -543,20 +577,12 @@ fn build_report(
     let latency_us = percentiles(&shared.latency.lock().unwrap_or_else(|p| p.into_inner()));
     let send_lag_us = percentiles(&shared.send_lag.lock().unwrap_or_else(|p| p.into_inner()));
     let clients = workload.clients();
-    let server = match (baseline, connected, from, to) {
-        (Some(baseline), Some(connected), Some(from), Some(to)) => {
-            let cpu_s = from.cpu_seconds_until(&to);
-            Some(ServerUsage {
-                cpu_s,
-                cpu_us_per_delivery: (delivered > 0).then(|| cpu_s * 1e6 / delivered as f64),
-                peak_rss_kib: to.peak_rss_kib,
-                baseline_rss_kib: baseline.rss_kib,
-                connected_rss_kib: connected.rss_kib,
-                per_connection_kib: connected.rss_kib.saturating_sub(baseline.rss_kib) as f64
-                    / clients.max(1) as f64,
-            })
-        }
-        _ => None,
+    let usage = |i: usize| {
+        ServerUsage::between(
+            [baseline[i], connected[i], from[i], to[i]],
+            delivered,
+            clients,
+        )
     };
     let mut notes = shared
         .notes
@@ -582,7 +608,8 @@ fn build_report(
         deliveries_per_s: delivered as f64 / published.as_secs_f64().max(1e-9),
         latency_us,
         send_lag_us,
-        server,
+        server: usage(0),
+        broker: usage(1),
         server_errors: shared.server_errors.load(Ordering::Relaxed),
         malformed: shared.malformed.load(Ordering::Relaxed),
         closed_early: shared.closed_early.load(Ordering::Relaxed),
@@ -603,92 +630,4 @@ fn percentiles(histogram: &Histogram<u64>) -> Option<Latency> {
         max: us(histogram.max()),
         mean: histogram.mean() / 1000.0,
     })
-}
-
-/// Clients that join a group, stay `churn_stay`, leave, and start over until the end.
-struct Churners {
-    tasks: JoinSet<()>,
-    joins: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-}
-
-impl Churners {
-    async fn finish(mut self, start: Instant) -> Churn {
-        while self.tasks.join_next().await.is_some() {}
-        let joins = self.joins.load(Ordering::Relaxed);
-        Churn {
-            joins,
-            failed: self.failed.load(Ordering::Relaxed),
-            joins_per_s: joins as f64 / start.elapsed().as_secs_f64().max(1e-9),
-        }
-    }
-}
-
-fn spawn_churners(
-    workload: &Workload,
-    payload: &Arc<Vec<u8>>,
-    shared: &Arc<Shared>,
-    end: Instant,
-) -> Churners {
-    let joins = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = JoinSet::new();
-    for churner in 0..workload.churners {
-        let (joins, failed, shared, payload) = (
-            joins.clone(),
-            failed.clone(),
-            shared.clone(),
-            payload.clone(),
-        );
-        let (target, addr, version) = (
-            workload.target,
-            workload.addr,
-            workload.sova_version.clone(),
-        );
-        let group = churner % workload.groups.max(1);
-        let stay = workload.churn_stay;
-        tasks.spawn(async move {
-            let mut round = 0u64;
-            while Instant::now() < end {
-                let spec = ClientSpec {
-                    name: &format!("churn{churner}-{round}"),
-                    group: &format!("g{group}"),
-                    subscribe: true,
-                    payload: &payload,
-                    sova_version: &version,
-                };
-                round += 1;
-                match proto::connect(target, addr, &spec).await {
-                    Ok((mut reader, writer)) => {
-                        joins.fetch_add(1, Ordering::Relaxed);
-                        let mut discard = Receiver {
-                            shared: &shared,
-                            me: None,
-                            counted: false,
-                            latencies: Vec::new(),
-                        };
-                        let leave = tokio::time::sleep(stay.min(end.saturating_duration_since(Instant::now())));
-                        tokio::pin!(leave);
-                        loop {
-                            tokio::select! {
-                                _ = &mut leave => break,
-                                read = reader.read(&mut discard) => if !matches!(read, Ok(true)) { break },
-                            }
-                        }
-                        drop((reader, writer));
-                    }
-                    Err(err) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        shared.note(format!("churn join failed: {err}"));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-    }
-    Churners {
-        tasks,
-        joins,
-        failed,
-    }
 }

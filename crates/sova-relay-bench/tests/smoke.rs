@@ -33,7 +33,7 @@ fn workload(target: Target, addr: std::net::SocketAddr, mode: Mode, rate: f64) -
     Workload {
         scenario: "smoke".to_owned(),
         target,
-        addr,
+        addrs: vec![addr],
         mode,
         groups: 2,
         members: 4,
