@@ -520,6 +520,11 @@ impl Connection {
                 data.raw().len()
             ))
         } else {
+            // "Every update I sent before this message": in a cluster, they must first come
+            // back from the stream with their seq.
+            if let Some(cluster) = &self.shared.registry.cluster {
+                cluster.wait_sequenced(member).await;
+            }
             match registration.session.publish_snapshot(member, seq, data) {
                 Ok(published) => {
                     if let Some(cluster) = &self.shared.registry.cluster {

@@ -58,6 +58,10 @@ pub(crate) struct Member {
     /// `seq` of this instance's latest broadcast, so a snapshot it publishes is known to
     /// contain its own updates up to there.
     pub(crate) last_sent_seq: AtomicU64,
+    /// In cluster mode: how many of its updates this node published, and how many have
+    /// come back from the stream with their `seq` (a snapshot waits until they match).
+    pub(crate) published: AtomicU64,
+    pub(crate) sequenced: tokio::sync::watch::Sender<u64>,
 }
 
 impl Member {
@@ -430,6 +434,8 @@ impl Member {
             resume_secret: secret,
             snapshot: new.snapshot,
             last_sent_seq: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            sequenced: tokio::sync::watch::Sender::new(0),
         }
     }
 }

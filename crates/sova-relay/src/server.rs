@@ -209,10 +209,23 @@ impl Server {
             cluster.spawn(&shared.registry, &shared.tracker, &shared.shutdown);
         }
         tokio::pin!(shutdown);
+        let cluster = shared.registry.cluster.clone();
+        let cluster_failed = async {
+            match &cluster {
+                Some(cluster) => cluster.failed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cluster_failed);
+        let mut failure = None;
         let mut backoff = MIN_ACCEPT_BACKOFF;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                reason = &mut cluster_failed => {
+                    failure = Some(reason);
+                    break;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         backoff = MIN_ACCEPT_BACKOFF;
@@ -232,7 +245,10 @@ impl Server {
         }
         drop(listener);
         drain(&shared).await;
-        Ok(())
+        match failure {
+            Some(reason) => anyhow::bail!("{reason}"),
+            None => Ok(()),
+        }
     }
 }
 

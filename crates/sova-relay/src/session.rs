@@ -215,6 +215,7 @@ impl Session {
         for member in state.members.iter() {
             if member.id == source_id {
                 member.last_sent_seq.store(seq, Ordering::Relaxed);
+                member.sequenced.send_modify(|n| *n += 1);
             } else if member.outbox.deliver(frame.clone()) {
                 delivered += 1;
             }

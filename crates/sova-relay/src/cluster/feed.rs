@@ -3,6 +3,7 @@
 //! consumer, in the stream's order (`seq` = stream sequence). Snapshots likewise, from
 //! their own stream.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,9 @@ const SOURCE_ID: &str = "Sova-Source-Id";
 const LINEAGE: &str = "Sova-Lineage";
 const SEQ: &str = "Sova-Seq";
 const SOURCE_SEQ: &str = "Sova-Source-Seq";
+
+/// How long a snapshot waits for its publisher's updates to be ordered.
+const SEQUENCED_WAIT: Duration = Duration::from_secs(2);
 
 /// Pause before a feed that failed (NATS away) starts again.
 const FEED_RETRY: Duration = Duration::from_millis(500);
@@ -57,6 +61,7 @@ impl Cluster {
         match self.js.publish_with_headers(subject, headers, body).await {
             Ok(ack) => {
                 crate::metrics::cluster_published();
+                source.published.fetch_add(1, Ordering::Relaxed);
                 // Waits only when 16 Ki acknowledgements are outstanding.
                 let _ = self.acks.send(ack).await;
                 true
@@ -66,6 +71,20 @@ impl Cluster {
                 warn!(error = %err, "Cluster: publishing an update failed; delivered on this node only");
                 false
             }
+        }
+    }
+
+    /// Waits until every update `member` published has come back from the stream, so its
+    /// `last_sent_seq` covers all of them (bounded: an update NATS lost never comes back).
+    pub(crate) async fn wait_sequenced(&self, member: &Member) {
+        let published = member.published.load(Ordering::Relaxed);
+        let mut sequenced = member.sequenced.subscribe();
+        let caught_up = sequenced.wait_for(|n| *n >= published);
+        if tokio::time::timeout(SEQUENCED_WAIT, caught_up)
+            .await
+            .is_err()
+        {
+            warn!(instance = %member.name, "Cluster: the instance's updates did not all come back from the stream; its snapshot may repeat some");
         }
     }
 

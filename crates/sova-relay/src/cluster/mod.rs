@@ -33,6 +33,8 @@ const SNAPSHOTS_STREAM: &str = "SOVA_SNAPSHOTS";
 const NODES_BUCKET: &str = "sova_nodes";
 const NAMES_BUCKET: &str = "sova_names";
 const COUNTS_BUCKET: &str = "sova_counts";
+/// A key of `sova_names` that is no instance (it has no `.`).
+const NAMES_MARKER: &str = "bucket";
 
 /// How long a registration waits for the cluster (a session's feed to catch up, a KV
 /// round trip) before it is refused as unavailable.
@@ -54,17 +56,26 @@ pub(crate) struct Cluster {
     history_max_age: Duration,
     storage: stream::StorageType,
     objects: RwLock<Option<Arc<Objects>>>,
+    /// Set up, not yet in use (the node name is being checked).
+    prepared: Mutex<Option<(Arc<Objects>, u64)>>,
     /// From the update stream's creation time; 0 until the objects are set up.
     epoch: AtomicU64,
     /// When the connection to NATS (re)started, for the grace before judging others dead.
     connected_since: Mutex<Option<Instant>>,
     connected: AtomicBool,
+    /// Whether the view follows `sova_names` (registrations wait for it, so that
+    /// `current_instances` and presence are complete).
+    watching: AtomicBool,
     view: Mutex<names::View>,
     /// Registrations between claiming a slot and joining the registry.
     in_flight: AtomicUsize,
     acks: mpsc::Sender<jetstream::context::PublishAckFuture>,
     acks_rx: Mutex<Option<mpsc::Receiver<jetstream::context::PublishAckFuture>>>,
     pub(crate) stats: Arc<Stats>,
+    /// Set when this node cannot be part of the cluster (its name is a live node's): the
+    /// relay stops with this error.
+    fatal: Mutex<Option<String>>,
+    failed: CancellationToken,
     /// Name entries whose release failed (NATS away): retried at each heartbeat.
     unreleased: Mutex<Vec<(String, Uuid)>>,
 }
@@ -132,15 +143,19 @@ impl Cluster {
                 _ => stream::StorageType::File,
             },
             objects: RwLock::new(None),
+            prepared: Mutex::new(None),
             epoch: AtomicU64::new(0),
             connected_since: Mutex::new(None),
             connected: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
             view: Mutex::new(names::View::default()),
             in_flight: AtomicUsize::new(0),
             acks,
             acks_rx: Mutex::new(Some(acks_rx)),
             stats,
             unreleased: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            failed: CancellationToken::new(),
         }))
     }
 
@@ -164,9 +179,17 @@ impl Cluster {
         ));
     }
 
+    /// Resolves with the reason if this node cannot take part in the cluster.
+    pub(crate) async fn failed(&self) -> String {
+        self.failed.cancelled().await;
+        lock(&self.fatal).clone().unwrap_or_default()
+    }
+
     /// Whether cluster-wide service is possible now: NATS connected, objects set up.
     pub(crate) fn is_available(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && self.epoch.load(Ordering::Relaxed) != 0
+        self.connected.load(Ordering::Relaxed)
+            && self.epoch.load(Ordering::Relaxed) != 0
+            && self.watching.load(Ordering::Relaxed)
     }
 
     /// The epoch every node gives the sessions it orders (0: not known yet).
@@ -253,10 +276,21 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
         }
         if cluster.objects().is_none() {
             match cluster.set_up().await {
-                Ok(()) => info!(
-                    epoch = cluster.epoch(),
-                    "Cluster: streams and buckets ready"
-                ),
+                Ok(()) if !cluster.name_is_free().await => {
+                    *lock(&cluster.fatal) = Some(format!(
+                        "node name '{}' is held by a live node of the cluster: give each node its own --node-name",
+                        cluster.node
+                    ));
+                    cluster.failed.cancel();
+                    return;
+                }
+                Ok(()) => {
+                    cluster.publish_objects();
+                    info!(
+                        epoch = cluster.epoch(),
+                        "Cluster: streams and buckets ready"
+                    );
+                }
                 Err(err) => {
                     failing.report("setting up the streams and buckets", &err);
                     continue;
@@ -318,20 +352,60 @@ impl Cluster {
             .bucket(COUNTS_BUCKET, Duration::ZERO)
             .await
             .context("bucket sova_counts")?;
+        // The watch knows it has every current entry when one arrives with nothing pending
+        // after it: with this marker, that moment comes even when no instance is registered.
+        match names.create(NAMES_MARKER, "{}".into()).await {
+            Ok(_) => {}
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err).context("bucket sova_names"),
+        }
         let created = updates.cached_info().created.unix_timestamp_nanos();
         // Never 0 (0 means "not known yet").
         let epoch = u64::try_from(created.rem_euclid(i128::from(u64::MAX)))
             .unwrap_or(1)
             .max(1);
-        *self.objects.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Objects {
-            updates,
-            snapshots,
-            nodes,
-            names,
-            counts,
-        }));
-        self.epoch.store(epoch, Ordering::Relaxed);
+        *lock(&self.prepared) = Some((
+            Arc::new(Objects {
+                updates,
+                snapshots,
+                nodes,
+                names,
+                counts,
+            }),
+            epoch,
+        ));
         Ok(())
+    }
+
+    /// Whether no other live node uses this node's name. A heartbeat under the name that
+    /// is recent may be this node's own previous run (a crash, a quick restart): only one
+    /// that is renewed while we watch is a live twin.
+    async fn name_is_free(&self) -> bool {
+        let Some((objects, _)) = lock(&self.prepared).clone() else {
+            return true;
+        };
+        let Ok(Some(first)) = objects.nodes.entry(self.node.clone()).await else {
+            return true;
+        };
+        if first.operation != kv::Operation::Put {
+            return true;
+        }
+        let beat_every = self.expiry / 4;
+        tokio::time::sleep(beat_every + Duration::from_millis(500)).await;
+        match objects.nodes.entry(self.node.clone()).await {
+            Ok(Some(again)) => {
+                again.operation != kv::Operation::Put || again.revision == first.revision
+            }
+            _ => true,
+        }
+    }
+
+    /// Makes the objects prepared by `set_up` the ones in use: cluster service starts.
+    fn publish_objects(&self) {
+        if let Some((objects, epoch)) = lock(&self.prepared).take() {
+            *self.objects.write().unwrap_or_else(|p| p.into_inner()) = Some(objects);
+            self.epoch.store(epoch, Ordering::Relaxed);
+        }
     }
 
     /// A KV bucket, created as `create_key_value` would: its account-info request does

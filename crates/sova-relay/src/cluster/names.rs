@@ -242,6 +242,7 @@ impl Cluster {
 
     /// Applies one change of `sova_names` to the view, and tells this node's members.
     fn apply(&self, registry: &Registry, entry: kv::Entry) {
+        debug!(key = %entry.key, revision = entry.revision, operation = ?entry.operation, "Cluster: registry change");
         let Some((session_key, _)) = entry.key.split_once('.') else {
             return;
         };
@@ -311,6 +312,31 @@ impl Cluster {
                 if let (Some(session), Some(previous)) = (session, previous) {
                     tell_left(&session, &previous.value, None);
                 }
+            }
+        }
+    }
+
+    /// After (re)starting the watch: the entries of the view that are no longer in the
+    /// bucket left meanwhile.
+    fn forget_unseen(&self, registry: &Registry, seen: &HashSet<String>) {
+        let gone: Vec<(String, NameValue)> = {
+            let mut view = lock(&self.view);
+            let mut gone = Vec::new();
+            for (session_key, entries) in view.sessions.iter_mut() {
+                entries.retain(|key, remote| {
+                    let keep = seen.contains(key);
+                    if !keep {
+                        gone.push((session_key.clone(), remote.value.clone()));
+                    }
+                    keep
+                });
+            }
+            view.sessions.retain(|_, entries| !entries.is_empty());
+            gone
+        };
+        for (session_key, value) in gone {
+            if let Some(session) = registry.session_by_key(&session_key) {
+                tell_left(&session, &value, None);
             }
         }
     }
@@ -543,11 +569,13 @@ pub(super) async fn watch(
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             }
         };
+        // Every key's current value first, then each change.
         let watches = async {
-            let names = objects.names.watch_all().await?;
-            let nodes = objects.nodes.watch_all().await?;
+            let names = objects.names.watch_with_history(">").await?;
+            let nodes = objects.nodes.watch_with_history(">").await?;
             anyhow::Ok((names, nodes))
         };
+        let mut current: Option<HashSet<String>> = Some(HashSet::new());
         let (mut names, mut nodes) = match watches.await {
             Ok(watches) => watches,
             Err(err) => {
@@ -562,7 +590,20 @@ pub(super) async fn watch(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 entry = names.next() => match entry {
-                    Some(Ok(entry)) => cluster.apply(&registry, entry),
+                    Some(Ok(entry)) => {
+                        let caught_up = entry.delta == 0;
+                        if let Some(seen) = &mut current {
+                            seen.insert(entry.key.clone());
+                        }
+                        cluster.apply(&registry, entry);
+                        if caught_up {
+                            if let Some(seen) = current.take() {
+                                // Whatever left while this node was not watching.
+                                cluster.forget_unseen(&registry, &seen);
+                                cluster.watching.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
                     Some(Err(err)) => { warn!(error = %err, "Cluster: registry watch failed; restarting it"); break }
                     None => break,
                 },

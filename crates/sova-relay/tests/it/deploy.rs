@@ -392,6 +392,10 @@ fn the_example_configuration_is_valid_and_its_commented_defaults_are_the_default
         "tokens_file",
         "allow",
         "audit_log",
+        "cluster_nats",
+        "node_name",
+        "cluster_nats_creds",
+        "cluster_nats_ca",
     ];
     let uncommented: String = text
         .lines()
