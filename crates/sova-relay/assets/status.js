@@ -34,6 +34,16 @@ function renderStatus(status) {
   const sample = { at: Date.now(), status };
   text("summary", "v" + status.relay_version + " · Sova " + status.sova_version +
     " · up " + duration(status.uptime_seconds) + (status.shutting_down ? " · shutting down" : ""));
+  // Cluster mode: which node this is, the live nodes, and the whole cluster's instances.
+  const cluster = document.getElementById("cluster");
+  if (status.cluster) {
+    cluster.hidden = false;
+    text("cluster", "node " + status.node + " of " + status.cluster.nodes.join(", ") +
+      " · " + status.cluster.instances + " instances in the cluster" +
+      (status.cluster.connected ? "" : " · NATS unreachable: serving this node's instances only"));
+  } else {
+    cluster.hidden = true;
+  }
   text("instances", status.instances + " / " + status.max_instances);
   text("sessions", String(status.sessions));
   text("rate-in", perSecond(sample, previous, "messages_in"));
@@ -68,7 +78,8 @@ function renderSessions(sessions) {
       row.append(element("td", instance.name, "instance-name"));
       row.append(element("td", duration(instance.connected_seconds)));
       row.append(element("td", instance.idle_seconds < 2 ? "now" : duration(instance.idle_seconds) + " ago"));
-      row.append(element("td", instance.transport, "hide-narrow"));
+      row.append(element("td", instance.node && instance.transport === "remote"
+        ? "on " + instance.node : instance.transport, "hide-narrow"));
       row.append(element("td", instance.version, "hide-narrow"));
       table.append(row);
     }

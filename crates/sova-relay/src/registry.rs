@@ -351,6 +351,19 @@ impl Registry {
             .find_map(|session| session.members().iter().find(|m| m.id == id).cloned())
     }
 
+    /// Closes every registered instance with `reason`; how many.
+    pub(crate) fn close_all(&self, reason: &DisconnectReason) -> usize {
+        let sessions: Vec<Arc<Session>> = lock(&self.state).sessions.values().cloned().collect();
+        let mut closed = 0;
+        for session in sessions {
+            for member in session.members().iter() {
+                member.outbox.request_close(reason.clone());
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Number of registered instances, across sessions.
     pub(crate) fn instance_count(&self) -> usize {
         lock(&self.state).instances
@@ -386,8 +399,8 @@ impl SessionPin {
         &self.session.label
     }
 
-    pub(crate) fn key(&self) -> &str {
-        &self.session.cluster_key
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
     }
 }
 

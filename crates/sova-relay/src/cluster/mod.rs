@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::metrics::Stats;
+use crate::reason::DisconnectReason;
 use crate::registry::Registry;
 use crate::Config;
 
@@ -263,6 +264,9 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
                 info!("Cluster: connected to NATS");
                 *lock(&cluster.connected_since) = Some(Instant::now());
                 last_beat = None;
+                if cluster.objects().is_some() {
+                    cluster.check_history_survived(&registry).await;
+                }
             } else {
                 warn!("Cluster: NATS unreachable; serving this node's instances only");
                 *lock(&cluster.connected_since) = None;
@@ -397,6 +401,27 @@ impl Cluster {
                 again.operation != kv::Operation::Put || again.revision == first.revision
             }
             _ => true,
+        }
+    }
+
+    /// After NATS came back: if it lost the update stream (memory storage, a wiped store),
+    /// the stream is recreated with a new epoch and every `seq` this node handed out means
+    /// nothing any more, so its instances are closed and reconnect from scratch.
+    async fn check_history_survived(&self, registry: &Registry) {
+        let before = self.epoch();
+        if let Err(err) = self.set_up().await {
+            warn!(error = %format!("{err:#}"), "Cluster: cannot check the streams after reconnecting");
+            return;
+        }
+        self.publish_objects();
+        if self.epoch() != before {
+            let closed = registry.close_all(&DisconnectReason::Rejected(
+                "The cluster lost its history: reconnect".to_owned(),
+            ));
+            warn!(
+                closed,
+                "Cluster: NATS lost the update stream; this node's instances must reconnect"
+            );
         }
     }
 

@@ -100,7 +100,8 @@ impl Cluster {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let claimed =
-            tokio::time::timeout(REGISTRATION_WAIT, self.claim(&objects, &new, pin.key())).await;
+            tokio::time::timeout(REGISTRATION_WAIT, self.claim(&objects, &new, pin.session()))
+                .await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let (key, _revision) = match claimed {
             Ok(claimed) => claimed?,
@@ -129,21 +130,16 @@ impl Cluster {
         &self,
         objects: &super::Objects,
         new: &NewMember,
-        session: &str,
+        session: &Session,
     ) -> Result<(String, u64), RegisterError> {
-        let key = format!("{session}.{}", hex(new.name.as_bytes()));
-        let value = NameValue {
-            id: new.id,
-            name: new.name.clone(),
-            version: new.version.clone(),
-            node: self.node.clone(),
-            incarnation: self.incarnation.clone(),
-            connected_at_ms: crate::registry::now_ms(),
-            secret_sha256: new
-                .secret
-                .as_ref()
-                .map(|s| hex(&Sha256::digest(s.as_bytes()))),
-        };
+        let key = name_key(&session.cluster_key, &new.name);
+        let value = self.name_value(
+            new.id,
+            &new.name,
+            &new.version,
+            crate::registry::now_ms(),
+            new.secret.as_deref(),
+        );
         let bytes: bytes::Bytes = serde_json::to_vec(&value)
             .map_err(|_| RegisterError::Unavailable)?
             .into();
@@ -161,7 +157,11 @@ impl Cluster {
                 ))
             });
         if let Some((revision, holder)) = holder {
-            if !presents_secret_of(new, &holder) {
+            // This node's own entry whose instance just left (its release is on its way).
+            let left_here = holder.node == self.node
+                && holder.incarnation == self.incarnation
+                && !session.members().iter().any(|m| m.id == holder.id);
+            if !left_here && !presents_secret_of(new, &holder) {
                 return Err(RegisterError::NameTaken(new.name.clone()));
             }
             let revision = match objects.names.update(&key, bytes, revision).await {
@@ -241,7 +241,7 @@ impl Cluster {
     }
 
     /// Applies one change of `sova_names` to the view, and tells this node's members.
-    fn apply(&self, registry: &Registry, entry: kv::Entry) {
+    fn apply(self: &Arc<Self>, registry: &Registry, entry: kv::Entry) {
         debug!(key = %entry.key, revision = entry.revision, operation = ?entry.operation, "Cluster: registry change");
         let Some((session_key, _)) = entry.key.split_once('.') else {
             return;
@@ -309,10 +309,82 @@ impl Cluster {
                     }
                     previous
                 };
-                if let (Some(session), Some(previous)) = (session, previous) {
-                    tell_left(&session, &previous.value, None);
+                let Some(session) = session else {
+                    return;
+                };
+                match previous {
+                    Some(previous) => tell_left(&session, &previous.value, None),
+                    None => self.reclaim_if_live(&session, &entry.key),
                 }
             }
+        }
+    }
+
+    /// One of this node's live instances lost its entry (another node judged this one dead
+    /// while it was cut off from NATS): claims the name again, or closes the instance if
+    /// someone else took it meanwhile.
+    fn reclaim_if_live(self: &Arc<Self>, session: &Session, key: &str) {
+        let Some(member) = session
+            .members()
+            .iter()
+            .find(|m| name_key(&session.cluster_key, &m.name) == key)
+            .cloned()
+        else {
+            return;
+        };
+        let Some(objects) = self.objects() else {
+            return;
+        };
+        let value = self.name_value(
+            member.id,
+            &member.name,
+            &member.version,
+            member
+                .connected_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+            member.resume_secret.as_deref(),
+        );
+        let key = key.to_owned();
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let Ok(bytes) = serde_json::to_vec(&value) else {
+                return;
+            };
+            match objects.names.create(&key, bytes.into()).await {
+                Ok(_) => {
+                    info!(instance = %member.name, "Cluster: name claimed again after this node was cut off");
+                    let _ = add_count(&objects.counts, &cluster.node, 1).await;
+                }
+                Err(err) => {
+                    warn!(instance = %member.name, error = %err, "Cluster: the name was claimed elsewhere while this node was cut off; closing");
+                    member
+                        .outbox
+                        .request_close(DisconnectReason::Rejected(format!(
+                            "Instance name '{}' was claimed on another node",
+                            member.name
+                        )));
+                }
+            }
+        });
+    }
+
+    fn name_value(
+        &self,
+        id: Uuid,
+        name: &str,
+        version: &str,
+        connected_at_ms: u64,
+        secret: Option<&str>,
+    ) -> NameValue {
+        NameValue {
+            id,
+            name: name.to_owned(),
+            version: version.to_owned(),
+            node: self.node.clone(),
+            incarnation: self.incarnation.clone(),
+            connected_at_ms,
+            secret_sha256: secret.map(|s| hex(&Sha256::digest(s.as_bytes()))),
         }
     }
 
@@ -425,6 +497,12 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// The key of a name in `sova_names`: the session's key, then the name in hex (any
+/// character may be in a name, not in a key).
+fn name_key(session_key: &str, name: &str) -> String {
+    format!("{session_key}.{}", hex(name.as_bytes()))
 }
 
 /// Tells this node's members that an instance of another node left.
