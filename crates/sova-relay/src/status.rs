@@ -1,6 +1,7 @@
 //! What the relay shows about itself: the status page (static assets compiled into the
 //! binary, filled in by polling the JSON API) and the JSON views behind it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -177,17 +178,46 @@ pub(crate) async fn api_sessions(State(shared): State<Arc<Shared>>) -> Json<Vec<
             instances: instances_of(&shared, session),
         })
         .collect();
+    // Sessions with instances on other nodes only.
+    if let Some(cluster) = &shared.registry.cluster {
+        let local: HashSet<String> = shared
+            .registry
+            .sessions()
+            .into_iter()
+            .map(|s| s.cluster_key)
+            .collect();
+        let mut remote: HashMap<String, Vec<InstanceJson>> = HashMap::new();
+        for (key, instance) in cluster.all_remote_instances() {
+            if !local.contains(&key) {
+                remote
+                    .entry(instance.session_label.clone())
+                    .or_default()
+                    .push(remote_instance_json(&instance));
+            }
+        }
+        sessions.extend(remote.into_iter().map(|(label, instances)| SessionJson {
+            session: label,
+            token: None,
+            instances,
+        }));
+    }
     sessions.sort_by(|a, b| a.session.cmp(&b.session));
     Json(sessions)
 }
 
 pub(crate) async fn api_instances(State(shared): State<Arc<Shared>>) -> Json<Vec<InstanceJson>> {
-    let mut instances: Vec<InstanceJson> = shared
-        .registry
-        .sessions()
-        .iter()
-        .flat_map(|session| instances_of(&shared, session))
-        .collect();
+    let node = shared.registry.cluster.as_ref().map(|c| c.node.clone());
+    let mut instances: Vec<InstanceJson> = Vec::new();
+    for session in shared.registry.sessions() {
+        instances.extend(session.members.iter().map(|member| InstanceJson {
+            node: node.clone(),
+            ..instance_json(member, &session.label)
+        }));
+    }
+    if let Some(cluster) = &shared.registry.cluster {
+        let remote = cluster.all_remote_instances();
+        instances.extend(remote.iter().map(|(_, r)| remote_instance_json(r)));
+    }
     instances.sort_by(|a, b| (&a.session, &a.name).cmp(&(&b.session, &b.name)));
     Json(instances)
 }
@@ -204,11 +234,7 @@ fn instances_of(shared: &Shared, session: &SessionView) -> Vec<InstanceJson> {
         .collect();
     if let Some(cluster) = &shared.registry.cluster {
         let remote = cluster.remote_instances(&session.cluster_key);
-        instances.extend(
-            remote
-                .iter()
-                .map(|r| remote_instance_json(r, &session.label)),
-        );
+        instances.extend(remote.iter().map(remote_instance_json));
     }
     instances.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
     instances
@@ -237,13 +263,13 @@ fn instance_json(member: &Member, session: &str) -> InstanceJson {
 }
 
 /// An instance registered on another cluster node (what its entry in NATS says).
-fn remote_instance_json(remote: &RemoteInstance, session: &str) -> InstanceJson {
+fn remote_instance_json(remote: &RemoteInstance) -> InstanceJson {
     let now = SystemTime::now();
     InstanceJson {
         id: remote.id,
         name: remote.name.clone(),
         version: remote.version.clone(),
-        session: session.to_owned(),
+        session: remote.session_label.clone(),
         transport: "remote",
         capabilities: Vec::new(),
         connected_at: rfc3339(remote.connected_at),

@@ -34,6 +34,9 @@ struct NameValue {
     node: String,
     incarnation: String,
     connected_at_ms: u64,
+    /// Its session's label (what the status pages show: never the token).
+    #[serde(default)]
+    session_label: String,
     /// SHA-256 of its resume secret (hex): another node checks a resuming client with it.
     secret_sha256: Option<String>,
 }
@@ -45,6 +48,7 @@ pub(crate) struct RemoteInstance {
     pub(crate) name: String,
     pub(crate) version: String,
     pub(crate) node: String,
+    pub(crate) session_label: String,
     pub(crate) connected_at: SystemTime,
 }
 
@@ -135,8 +139,7 @@ impl Cluster {
         let key = name_key(&session.cluster_key, &new.name);
         let value = self.name_value(
             new.id,
-            &new.name,
-            &new.version,
+            (&new.name, &new.version, &session.label),
             crate::registry::now_ms(),
             new.secret.as_deref(),
         );
@@ -224,6 +227,19 @@ impl Cluster {
                 lock(&self.unreleased).push((key, id));
             }
         }
+    }
+
+    /// Every instance registered on other nodes, with its session's cluster key.
+    pub(crate) fn all_remote_instances(&self) -> Vec<(String, RemoteInstance)> {
+        let view = lock(&self.view);
+        view.sessions
+            .iter()
+            .flat_map(|(key, entries)| {
+                entries
+                    .values()
+                    .map(|r| (key.clone(), remote_instance(&r.value)))
+            })
+            .collect()
     }
 
     /// The instances of a session registered on other nodes.
@@ -337,8 +353,7 @@ impl Cluster {
         };
         let value = self.name_value(
             member.id,
-            &member.name,
-            &member.version,
+            (&member.name, &member.version, &session.label),
             member
                 .connected_at
                 .duration_since(UNIX_EPOCH)
@@ -369,11 +384,11 @@ impl Cluster {
         });
     }
 
+    /// This node's entry for an instance: `(name, version, session label)`.
     fn name_value(
         &self,
         id: Uuid,
-        name: &str,
-        version: &str,
+        (name, version, session_label): (&str, &str, &str),
         connected_at_ms: u64,
         secret: Option<&str>,
     ) -> NameValue {
@@ -381,6 +396,7 @@ impl Cluster {
             id,
             name: name.to_owned(),
             version: version.to_owned(),
+            session_label: session_label.to_owned(),
             node: self.node.clone(),
             incarnation: self.incarnation.clone(),
             connected_at_ms,
@@ -537,6 +553,7 @@ fn remote_instance(value: &NameValue) -> RemoteInstance {
         name: value.name.clone(),
         version: value.version.clone(),
         node: value.node.clone(),
+        session_label: value.session_label.clone(),
         connected_at: UNIX_EPOCH + Duration::from_millis(value.connected_at_ms),
     }
 }
