@@ -237,6 +237,24 @@ pub struct Config {
     #[arg(long, env = "SOVA_CLUSTER_NATS_CA", value_name = "PATH")]
     pub cluster_nats_ca: Option<PathBuf>,
 
+    /// Client certificate (PEM) for NATS servers that require mutual TLS.
+    #[arg(
+        long,
+        env = "SOVA_CLUSTER_NATS_CERT",
+        value_name = "PATH",
+        requires = "cluster_nats_key"
+    )]
+    pub cluster_nats_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cluster-nats-cert.
+    #[arg(
+        long,
+        env = "SOVA_CLUSTER_NATS_KEY",
+        value_name = "PATH",
+        requires = "cluster_nats_cert"
+    )]
+    pub cluster_nats_key: Option<PathBuf>,
+
     /// Bytes of broadcasts the cluster's shared history stream keeps, all sessions
     /// together (broadcasts older than --history-max-age go too).
     #[arg(long, env = "SOVA_CLUSTER_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
@@ -467,6 +485,8 @@ impl Config {
             ("cluster_expiry", Some(duration_value(self.cluster_expiry))),
             ("cluster_nats_creds", path(&self.cluster_nats_creds)),
             ("cluster_nats_ca", path(&self.cluster_nats_ca)),
+            ("cluster_nats_cert", path(&self.cluster_nats_cert)),
+            ("cluster_nats_key", path(&self.cluster_nats_key)),
             (
                 "cluster_history_max_bytes",
                 Some(integer(self.cluster_history_max_bytes)),

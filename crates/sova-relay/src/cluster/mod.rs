@@ -116,6 +116,9 @@ impl Cluster {
         if let Some(ca) = &config.cluster_nats_ca {
             options = options.add_root_certificates(ca.clone());
         }
+        if let (Some(cert), Some(key)) = (&config.cluster_nats_cert, &config.cluster_nats_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
         let urls: Vec<async_nats::ServerAddr> = config
             .cluster_nats
             .iter()

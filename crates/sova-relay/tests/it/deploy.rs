@@ -396,6 +396,8 @@ fn the_example_configuration_is_valid_and_its_commented_defaults_are_the_default
         "node_name",
         "cluster_nats_creds",
         "cluster_nats_ca",
+        "cluster_nats_cert",
+        "cluster_nats_key",
     ];
     let uncommented: String = text
         .lines()
