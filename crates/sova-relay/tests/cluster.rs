@@ -10,7 +10,11 @@
 //!   `InstanceDisconnected` once; its client resumes on another node with every update
 //!   exactly once;
 //! - NATS restarted mid-test: `/readyz` 503 meanwhile, nodes recover without a restart;
-//! - a late joiner on another node gets the session's snapshot.
+//! - a late joiner on another node gets the session's snapshot;
+//! - partition repair: a live instance whose entry another node deleted claims its name
+//!   again (or is closed if the name was taken meanwhile); NATS back without its memory
+//!   streams closes every instance to reconnect; a node stopped with SIGTERM frees its
+//!   names at once; a resume with a foreign epoch gets `resync_required`.
 //!
 //! Needs `nats-server` (Debian's package; `scripts/install-test-deps.sh`). Without it each
 //! test prints `SKIPPED: nats-server not found …` and passes, unless `SOVA_REQUIRE_NATS=1`
@@ -24,6 +28,8 @@ mod failover;
 mod harness;
 #[path = "cluster/outage.rs"]
 mod outage;
+#[path = "cluster/recovery.rs"]
+mod recovery;
 #[path = "cluster/registry.rs"]
 mod registry;
 #[path = "cluster/relaying.rs"]

@@ -186,6 +186,15 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.spawn();
     }
+
+    /// Starts the server again on the same port with an empty JetStream store (a new
+    /// directory beside the old one): every stream and bucket it held is gone.
+    pub fn restart_empty(&mut self) {
+        self.store = self
+            .store
+            .with_file_name(format!("jetstream-{}", uuid::Uuid::new_v4().simple()));
+        self.spawn();
+    }
 }
 
 impl Drop for NatsServer {
@@ -315,6 +324,32 @@ impl Node {
                 self.name
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM (a graceful stop); returns when the signal was sent. `wait_exit` reaps.
+    pub fn terminate(&self) -> Instant {
+        let child = self.child.as_ref().expect("node is running");
+        signal(child.id(), "TERM");
+        Instant::now()
+    }
+
+    /// Waits until the process has exited (after `terminate`), at most `within`.
+    /// Still running then: the assertion fails, and drop kills it.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("node is running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
