@@ -77,6 +77,10 @@ pub(crate) struct Cluster {
     /// relay stops with this error.
     fatal: Mutex<Option<String>>,
     failed: CancellationToken,
+    /// Told when the buckets were recreated: the watches start again.
+    rewatch: tokio::sync::Notify,
+    /// The relay's tasks, so releases started as connections close are waited for.
+    tracker: std::sync::OnceLock<tokio_util::task::TaskTracker>,
     /// Name entries whose release failed (NATS away): retried at each heartbeat.
     unreleased: Mutex<Vec<(String, Uuid)>>,
 }
@@ -159,6 +163,8 @@ impl Cluster {
             stats,
             unreleased: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
+            rewatch: tokio::sync::Notify::new(),
+            tracker: std::sync::OnceLock::new(),
             failed: CancellationToken::new(),
         }))
     }
@@ -171,6 +177,7 @@ impl Cluster {
         tracker: &tokio_util::task::TaskTracker,
         shutdown: &CancellationToken,
     ) {
+        let _ = self.tracker.set(tracker.clone());
         let acks_rx = lock(&self.acks_rx).take();
         if let Some(acks_rx) = acks_rx {
             tracker.spawn(feed::check_acks(self.clone(), acks_rx, shutdown.clone()));
@@ -418,6 +425,7 @@ impl Cluster {
         }
         self.publish_objects();
         if self.epoch() != before {
+            self.rewatch.notify_one();
             let closed = registry.close_all(&DisconnectReason::Rejected(
                 "The cluster lost its history: reconnect".to_owned(),
             ));

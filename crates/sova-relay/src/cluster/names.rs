@@ -299,10 +299,23 @@ impl Cluster {
                 if own {
                     return;
                 }
-                // Taken over on another node (a resumed client): this node's holder goes.
+                // This node's holder of the name goes: replaced by its own resumed
+                // connection elsewhere (same secret), or the name was claimed elsewhere
+                // while this node was cut off.
                 for member in session.members().iter() {
                     if member.name == value.name && member.id != value.id {
-                        member.outbox.request_close(DisconnectReason::Superseded);
+                        let resumed = match (&member.resume_secret, &value.secret_sha256) {
+                            (Some(secret), Some(issued)) => {
+                                let ours = hex(&Sha256::digest(secret.as_bytes()));
+                                bool::from(ours.as_bytes().ct_eq(issued.as_bytes()))
+                            }
+                            _ => false,
+                        };
+                        member.outbox.request_close(if resumed {
+                            DisconnectReason::Superseded
+                        } else {
+                            DisconnectReason::Rejected(claimed_elsewhere(&member.name))
+                        });
                     }
                 }
                 if is_new {
@@ -375,10 +388,7 @@ impl Cluster {
                     warn!(instance = %member.name, error = %err, "Cluster: the name was claimed elsewhere while this node was cut off; closing");
                     member
                         .outbox
-                        .request_close(DisconnectReason::Rejected(format!(
-                            "Instance name '{}' was claimed on another node",
-                            member.name
-                        )));
+                        .request_close(DisconnectReason::Rejected(claimed_elsewhere(&member.name)));
                 }
             }
         });
@@ -519,6 +529,10 @@ impl Cluster {
 /// character may be in a name, not in a key).
 fn name_key(session_key: &str, name: &str) -> String {
     format!("{session_key}.{}", hex(name.as_bytes()))
+}
+
+fn claimed_elsewhere(name: &str) -> String {
+    format!("Instance name '{name}' was claimed on another node")
 }
 
 /// Tells this node's members that an instance of another node left.
@@ -684,6 +698,9 @@ pub(super) async fn watch(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                // The buckets were recreated (NATS lost them): their revisions start again,
+                // which a running watch would skip. Watch afresh; what is gone is forgotten.
+                _ = cluster.rewatch.notified() => break,
                 entry = names.next() => match entry {
                     Some(Ok(entry)) => {
                         let caught_up = entry.delta == 0;
@@ -724,8 +741,17 @@ impl Drop for Claim {
         let cluster = self.cluster.clone();
         let key = std::mem::take(&mut self.key);
         let id = self.id;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { cluster.release(key, id).await });
+        let release = async move { cluster.release(key, id).await };
+        // Tracked, so a relay shutting down frees its names before it exits.
+        match self.cluster.tracker.get() {
+            Some(tracker) => {
+                tracker.spawn(release);
+            }
+            None => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(release);
+                }
+            }
         }
     }
 }

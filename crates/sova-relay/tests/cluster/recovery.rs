@@ -301,26 +301,6 @@ async fn a_live_instance_whose_name_was_taken_elsewhere_meanwhile_is_closed() {
     let Some(error) = name_taken_elsewhere_meanwhile("reclaim-lost").await else {
         return;
     };
-    eprintln!("cluster: a closed with {error:?}");
-    // Which one depends on timing: see the next test.
-    assert!(
-        [
-            "Instance name 'a' was claimed on another node",
-            "Replaced by a resumed connection",
-        ]
-        .contains(&error.as_str()),
-        "{error:?}"
-    );
-}
-
-#[tokio::test]
-#[ignore = "bug: node-0 applies the other node's Put (a new instance, not a resume of a) \
-            as a resume takeover and closes a with 'Replaced by a resumed connection' when \
-            that Put arrives before its own create fails (about half the runs)"]
-async fn a_live_instance_whose_name_was_taken_elsewhere_is_told_so() {
-    let Some(error) = name_taken_elsewhere_meanwhile("reclaim-lost-text").await else {
-        return;
-    };
     assert_eq!(error, "Instance name 'a' was claimed on another node");
 }
 
@@ -392,9 +372,6 @@ async fn nats_back_without_its_memory_streams_makes_every_instance_reconnect() {
 }
 
 #[tokio::test]
-#[ignore = "bug: the names watch outlives the lost sova_names bucket (its consumer resumes \
-            after the old bucket's last revision), so node-1 keeps the closed a as a \
-            remote instance and never sees the new a (revision already used before)"]
 async fn nats_back_without_its_memory_streams_leaves_no_stale_view() {
     let label = "memory-view";
     let Some((cluster, _)) = nats_back_empty(label).await else {
