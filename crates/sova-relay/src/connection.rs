@@ -279,7 +279,9 @@ impl Connection {
             resume: request.resume,
         };
         let registered = match &self.shared.registry.cluster {
-            Some(cluster) => cluster.register(&self.shared.registry, new_member).await,
+            // Boxed, like every cluster call here: NATS futures are large, and each
+            // connection's task would otherwise carry their size (≈ 4 KiB per idle instance).
+            Some(cluster) => Box::pin(cluster.register(&self.shared.registry, new_member)).await,
             None => self.shared.registry.register(new_member),
         };
         match registered {
@@ -494,7 +496,7 @@ impl Connection {
         let (delivered, frame_len) = match &self.shared.registry.cluster {
             None => session.broadcast(source, pending),
             // Every node delivers it from the cluster's stream, this one too.
-            Some(cluster) if cluster.publish(session, source, &pending).await => return,
+            Some(cluster) if Box::pin(cluster.publish(session, source, &pending)).await => return,
             Some(_) => session.broadcast_unsequenced(source, pending),
         };
         debug!(recipients = delivered, bytes = frame_len, "Relayed update");
@@ -523,14 +525,12 @@ impl Connection {
             // "Every update I sent before this message": in a cluster, they must first come
             // back from the stream with their seq.
             if let Some(cluster) = &self.shared.registry.cluster {
-                cluster.wait_sequenced(member).await;
+                Box::pin(cluster.wait_sequenced(member)).await;
             }
             match registration.session.publish_snapshot(member, seq, data) {
                 Ok(published) => {
                     if let Some(cluster) = &self.shared.registry.cluster {
-                        cluster
-                            .publish_snapshot(&registration.session, &published)
-                            .await;
+                        Box::pin(cluster.publish_snapshot(&registration.session, &published)).await;
                     }
                     None
                 }

@@ -61,7 +61,8 @@ pub(crate) struct Member {
     /// In cluster mode: how many of its updates this node published, and how many have
     /// come back from the stream with their `seq` (a snapshot waits until they match).
     pub(crate) published: AtomicU64,
-    pub(crate) sequenced: tokio::sync::watch::Sender<u64>,
+    pub(crate) sequenced: AtomicU64,
+    pub(crate) sequenced_changed: tokio::sync::Notify,
 }
 
 impl Member {
@@ -322,7 +323,7 @@ impl Registry {
         if empty && !state.pins.contains_key(token) {
             if let Some(session) = state.sessions.remove(token) {
                 state.by_key.remove(&session.cluster_key);
-                session.closed.cancel();
+                session.close();
             }
         }
     }
@@ -448,7 +449,8 @@ impl Member {
             snapshot: new.snapshot,
             last_sent_seq: AtomicU64::new(0),
             published: AtomicU64::new(0),
-            sequenced: tokio::sync::watch::Sender::new(0),
+            sequenced: AtomicU64::new(0),
+            sequenced_changed: tokio::sync::Notify::new(),
         }
     }
 }

@@ -45,10 +45,16 @@ pub(crate) struct Session {
     pub(crate) epoch: u64,
     limits: HistoryLimits,
     state: Mutex<SessionState>,
-    /// Cancelled when the session is dropped from the registry: its cluster feed stops.
-    pub(crate) closed: CancellationToken,
-    /// Whether the cluster feed has caught up with the stream (always, for a local session):
-    /// members join only then, so their `seq` and replays are complete.
+    /// In cluster mode only (a local session pays one pointer for it).
+    feed: Option<Box<Feed>>,
+}
+
+/// How a cluster session's feed and its registrations meet.
+struct Feed {
+    /// Cancelled when the session is dropped from the registry: the feed stops.
+    closed: CancellationToken,
+    /// Whether the feed has caught up with the stream: members join only then, so their
+    /// `seq` and replays are complete.
     ready: watch::Sender<bool>,
 }
 
@@ -120,14 +126,33 @@ impl Session {
                 keeps_history: clustered,
                 snapshot: None,
             }),
-            closed: CancellationToken::new(),
-            ready: watch::Sender::new(!clustered),
+            feed: clustered.then(|| {
+                Box::new(Feed {
+                    closed: CancellationToken::new(),
+                    ready: watch::Sender::new(false),
+                })
+            }),
         }
     }
 
     /// Whether members can join (see `ready`).
     pub(crate) fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        self.feed.as_ref().is_none_or(|feed| *feed.ready.borrow())
+    }
+
+    /// Resolves once the session has left the registry (never for a local session).
+    pub(crate) async fn closed(&self) {
+        match &self.feed {
+            Some(feed) => feed.closed.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The session has left the registry: its feed stops.
+    pub(crate) fn close(&self) {
+        if let Some(feed) = &self.feed {
+            feed.closed.cancel();
+        }
     }
 
     /// `seq` of the latest broadcast delivered here.
@@ -146,7 +171,10 @@ impl Session {
 
     /// Waits until members can join (see `ready`); false if that took longer than `within`.
     pub(crate) async fn wait_ready(&self, within: Duration) -> bool {
-        let mut ready = self.ready.subscribe();
+        let Some(feed) = &self.feed else {
+            return true;
+        };
+        let mut ready = feed.ready.subscribe();
         tokio::time::timeout(within, ready.wait_for(|ready| *ready))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -160,7 +188,9 @@ impl Session {
             state.floor = state.floor.max(position);
         }
         drop(state);
-        self.ready.send_replace(true);
+        if let Some(feed) = &self.feed {
+            feed.ready.send_replace(true);
+        }
     }
 
     /// The current members; cheap, and safe to iterate while others join and leave.
@@ -215,7 +245,8 @@ impl Session {
         for member in state.members.iter() {
             if member.id == source_id {
                 member.last_sent_seq.store(seq, Ordering::Relaxed);
-                member.sequenced.send_modify(|n| *n += 1);
+                member.sequenced.fetch_add(1, Ordering::Relaxed);
+                member.sequenced_changed.notify_waiters();
             } else if member.outbox.deliver(frame.clone()) {
                 delivered += 1;
             }

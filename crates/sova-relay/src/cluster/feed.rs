@@ -78,8 +78,15 @@ impl Cluster {
     /// `last_sent_seq` covers all of them (bounded: an update NATS lost never comes back).
     pub(crate) async fn wait_sequenced(&self, member: &Member) {
         let published = member.published.load(Ordering::Relaxed);
-        let mut sequenced = member.sequenced.subscribe();
-        let caught_up = sequenced.wait_for(|n| *n >= published);
+        let caught_up = async {
+            loop {
+                let changed = member.sequenced_changed.notified();
+                if member.sequenced.load(Ordering::Relaxed) >= published {
+                    return;
+                }
+                changed.await;
+            }
+        };
         if tokio::time::timeout(SEQUENCED_WAIT, caught_up)
             .await
             .is_err()
@@ -147,7 +154,7 @@ async fn run_feed(cluster: Arc<Cluster>, session: Arc<Session>) {
     let mut failures = 0u32;
     loop {
         let failed = tokio::select! {
-            _ = session.closed.cancelled() => return,
+            _ = session.closed() => return,
             result = follow(&cluster, &session) => match result {
                 Ok(()) => return,
                 Err(err) => err,
@@ -161,7 +168,7 @@ async fn run_feed(cluster: Arc<Cluster>, session: Arc<Session>) {
             debug!(session = %session.label, error = %format!("{failed:#}"), "Cluster: session feed still down");
         }
         tokio::select! {
-            _ = session.closed.cancelled() => return,
+            _ = session.closed() => return,
             _ = tokio::time::sleep(FEED_RETRY) => {}
         }
     }
@@ -243,7 +250,7 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
 
     loop {
         tokio::select! {
-            _ = session.closed.cancelled() => return Ok(()),
+            _ = session.closed() => return Ok(()),
             message = updates.next() => {
                 let message = message.context("update feed ended")?.map_err(|e| anyhow::anyhow!(e))?;
                 let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;

@@ -201,11 +201,14 @@ impl Cluster {
             lock(&self.unreleased).push((key, id));
             return;
         };
+        // Some(true): freed; Some(false): nothing of ours to free; None: NATS failed.
         let released = async {
             let entry = objects.names.entry(key.clone()).await.ok()?;
-            let entry = entry.filter(|e| e.operation == kv::Operation::Put)?;
-            let value: NameValue = serde_json::from_slice(&entry.value).ok()?;
-            if value.id != id {
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                return Some(false);
+            };
+            let ours = serde_json::from_slice::<NameValue>(&entry.value).is_ok_and(|v| v.id == id);
+            if !ours {
                 return Some(false);
             }
             match objects
@@ -467,7 +470,7 @@ impl Cluster {
         };
         let now = SystemTime::now();
         let alive = |at: &SystemTime| now.duration_since(*at).unwrap_or_default() <= self.expiry;
-        let (dead_entries, dead_nodes) = {
+        let (dead_entries, live) = {
             let mut view = lock(&self.view);
             let live: HashMap<String, String> = view
                 .heartbeats
@@ -497,12 +500,7 @@ impl Cluster {
                 .filter(|(_, remote)| !is_live(&remote.value))
                 .map(|(key, remote)| (key.clone(), remote.revision, remote.value.node.clone()))
                 .collect();
-            let dead_nodes: HashSet<String> = dead_entries
-                .iter()
-                .map(|(_, _, node)| node.clone())
-                .filter(|node| !live.contains_key(node))
-                .collect();
-            (dead_entries, dead_nodes)
+            (dead_entries, live)
         };
         for (key, revision, node) in dead_entries {
             // Whichever node gets here first deletes it; the others' revision is stale.
@@ -515,8 +513,13 @@ impl Cluster {
                 info!(%key, %node, "Cluster: freed a name held by a dead node");
             }
         }
-        for node in dead_nodes {
-            if set_count(&objects.counts, &node, None).await.is_ok() {
+        // The slots of --max-instances that dead nodes held.
+        let (counts, _) = read_counts(&objects.counts).await?;
+        for node in counts.keys() {
+            if *node == self.node || live.contains_key(node) {
+                continue;
+            }
+            if set_count(&objects.counts, node, None).await? {
                 warn!(%node, "Cluster: node declared dead; its instances were released");
                 crate::metrics::cluster_dead_node();
             }
@@ -614,24 +617,24 @@ async fn add_count(counts: &kv::Store, node: &str, delta: i64) -> anyhow::Result
     }
 }
 
-/// Sets a node's count (`None`: removes the node).
+/// Sets a node's count (`None`: removes the node); false if it already was so.
 pub(super) async fn set_count(
     counts: &kv::Store,
     node: &str,
     count: Option<usize>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     loop {
         let (mut map, revision) = read_counts(counts).await?;
         let unchanged = map.get(node).copied() == count;
         if unchanged {
-            return Ok(());
+            return Ok(false);
         }
         match count {
             Some(count) => map.insert(node.to_owned(), count),
             None => map.remove(node),
         };
         if write_counts(counts, &map, revision).await? {
-            return Ok(());
+            return Ok(true);
         }
     }
 }
