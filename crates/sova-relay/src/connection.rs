@@ -569,3 +569,28 @@ async fn next_tick(pings: &mut Option<Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    /// Each connection is a task holding this future: its size is paid per instance, idle
+    /// or not (BENCHMARKS.md, idle). Calls whose futures are large (NATS) are boxed.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let shared = Shared::new(Config::default(), None).unwrap();
+        let (outbox, _receiver) = Outbox::new(1024, &shared.hard_stop);
+        let (stream, _peer_end) = tokio::io::duplex(64);
+        let inbound = FramedRead::new(stream, FrameCodec::new(1024));
+        let peer = Peer::plain(SocketAddr::from(([127, 0, 0, 1], 1)), "tcp");
+        let task = serve(shared, outbox, peer, Instant::now(), inbound);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1536, "a connection's future takes {size} bytes");
+    }
+}
