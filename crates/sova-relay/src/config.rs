@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
@@ -364,6 +365,22 @@ impl Config {
         }
         if let Some(tokens) = &self.tokens_file {
             crate::tokens::Tokens::load(tokens)?;
+        }
+        let cluster_files = [
+            ("cluster_nats_creds", &self.cluster_nats_creds),
+            ("cluster_nats_ca", &self.cluster_nats_ca),
+            ("cluster_nats_cert", &self.cluster_nats_cert),
+            ("cluster_nats_key", &self.cluster_nats_key),
+        ];
+        for (key, path) in cluster_files {
+            if let Some(path) = path {
+                std::fs::metadata(path)
+                    .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+            }
+        }
+        for url in &self.cluster_nats {
+            url.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("cluster_nats: '{url}' is not a NATS URL"))?;
         }
         Ok(())
     }

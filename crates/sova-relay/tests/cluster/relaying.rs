@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sova_relay_protocol::{Message, UpdateData};
 
-use crate::harness::{Cluster, Node};
+use crate::harness::{http_get, Cluster, Node};
 use crate::support::TestClient;
 
 /// A broadcast as a client received it.
@@ -228,6 +228,33 @@ async fn presence_and_the_cluster_view_span_the_nodes() {
     cluster.nodes[2]
         .wait_status("2 cluster instances", |s| s["cluster"]["instances"] == 2)
         .await;
+    // node-2 has no member in the session, yet its API lists both, with their nodes.
+    let (code, body) = http_get(cluster.addr(2), "/api/instances").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let instances: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut listed: Vec<(&str, &str, &str)> = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let field = |key: &str| i[key].as_str().unwrap_or_default();
+            (field("name"), field("node"), field("transport"))
+        })
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [
+            ("joiner", "node-1", "remote"),
+            ("watcher", "node-0", "remote")
+        ]
+    );
+    let (code, body) = http_get(cluster.addr(2), "/api/sessions").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let sessions: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{body}");
+    assert_eq!(sessions[0]["instances"].as_array().map(Vec::len), Some(2));
 
     // A third instance, on node-2, sees both remote ones in `current_instances`.
     let (_third, response) = TestClient::register_with(cluster.addr(2), "third", token, None).await;

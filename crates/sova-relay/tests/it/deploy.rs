@@ -318,6 +318,15 @@ fn config_check_exits_zero_only_for_a_file_the_relay_would_start_with() {
             "tokens_file = \"/nonexistent/tokens\"",
             "/nonexistent/tokens",
         ),
+        (
+            "cluster_nats = [\"nats://127.0.0.1:4222\"]\ncluster_nats_creds = \"/nonexistent/nats.creds\"",
+            "cluster_nats_creds: cannot read /nonexistent/nats.creds",
+        ),
+        (
+            "cluster_nats = [\"nats://[::1\"]",
+            "cluster_nats: 'nats://[::1' is not a NATS URL",
+        ),
+        ("node_name = \"a b\"", "is not a node name"),
     ];
     for (text, expected) in cases {
         let bad = TempFile::new("bad.toml", text);
