@@ -265,6 +265,12 @@ pub struct Config {
     #[arg(long, env = "SOVA_CLUSTER_STORAGE", default_value = "file",
           value_parser = ["file", "memory"])]
     pub cluster_storage: String,
+
+    /// Replicas of the streams and buckets the relay creates in NATS (3 on a 3-server
+    /// JetStream cluster survives the loss of one server). Existing ones keep theirs.
+    #[arg(long, env = "SOVA_CLUSTER_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub cluster_replicas: u8,
 }
 
 impl std::fmt::Debug for Config {
@@ -512,6 +518,7 @@ impl Config {
                 "cluster_storage",
                 Some(Value::String(self.cluster_storage.clone())),
             ),
+            ("cluster_replicas", Some(integer(self.cluster_replicas))),
         ]
     }
 }

@@ -95,12 +95,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     if let Some(cluster) = &shared.registry.cluster {
-        if !cluster.is_available() {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cluster: NATS unreachable\n",
-            )
-                .into_response();
+        if let Some(reason) = cluster.unavailable_reason() {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
         }
     } else if shared.registry.instance_count() >= shared.config.max_instances {
         return (StatusCode::SERVICE_UNAVAILABLE, "full\n").into_response();

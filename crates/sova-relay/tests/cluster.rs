@@ -41,7 +41,7 @@ mod support;
 
 use std::time::Duration;
 
-use harness::{relay_command, Cluster, WAIT};
+use harness::{relay_command, Cluster, Node, WAIT};
 
 #[test]
 fn help_documents_the_cluster_flags() {
@@ -69,6 +69,22 @@ fn help_documents_the_cluster_flags() {
     for env in ["SOVA_CLUSTER_NATS", "SOVA_NODE_NAME"] {
         assert!(help.contains(env), "--help does not mention {env}:\n{help}");
     }
+}
+
+#[tokio::test]
+async fn replicas_nats_cannot_hold_keep_the_node_unready_and_the_log_says_why() {
+    let Some(cluster) = Cluster::start("replicas", 0, &[]).await else {
+        return;
+    };
+    // One NATS server cannot keep three replicas of a stream.
+    let node = Node::start_listening(&cluster.nats.url(), "node-r3", &["--cluster-replicas", "3"]);
+    let line = node.wait_for_log("setting up the streams and buckets failed");
+    assert!(line.contains("replicas"), "{line}");
+    let (body, _) = node.wait_ready(503, WAIT).await;
+    assert_eq!(
+        body,
+        "cluster: streams and buckets not set up yet (the log says why)\n"
+    );
 }
 
 #[tokio::test]

@@ -56,6 +56,8 @@ pub(crate) struct Cluster {
     history_max_bytes: u64,
     history_max_age: Duration,
     storage: stream::StorageType,
+    /// Replicas of the streams and buckets this node creates (existing ones stay as they are).
+    replicas: usize,
     objects: RwLock<Option<Arc<Objects>>>,
     /// Set up, not yet in use (the node name is being checked).
     prepared: Mutex<Option<(Arc<Objects>, u64)>>,
@@ -150,6 +152,7 @@ impl Cluster {
                 "memory" => stream::StorageType::Memory,
                 _ => stream::StorageType::File,
             },
+            replicas: usize::from(config.cluster_replicas),
             objects: RwLock::new(None),
             prepared: Mutex::new(None),
             epoch: AtomicU64::new(0),
@@ -188,6 +191,19 @@ impl Cluster {
             registry.clone(),
             shutdown.clone(),
         ));
+    }
+
+    /// Why cluster-wide service is not possible now (`None`: it is), for `/readyz`.
+    pub(crate) fn unavailable_reason(&self) -> Option<&'static str> {
+        if !self.connected.load(Ordering::Relaxed) {
+            Some("cluster: NATS unreachable")
+        } else if self.epoch.load(Ordering::Relaxed) == 0 {
+            Some("cluster: streams and buckets not set up yet (the log says why)")
+        } else if !self.watching.load(Ordering::Relaxed) {
+            Some("cluster: catching up with the registry")
+        } else {
+            None
+        }
     }
 
     /// Resolves with the reason if this node cannot take part in the cluster.
@@ -336,6 +352,7 @@ impl Cluster {
                 max_bytes: i64::try_from(self.history_max_bytes).unwrap_or(i64::MAX),
                 max_age: self.history_max_age,
                 storage: self.storage,
+                num_replicas: self.replicas,
                 discard: stream::DiscardPolicy::Old,
                 ..Default::default()
             })
@@ -349,6 +366,7 @@ impl Cluster {
                 max_messages_per_subject: 1,
                 max_age: self.history_max_age,
                 storage: self.storage,
+                num_replicas: self.replicas,
                 discard: stream::DiscardPolicy::Old,
                 ..Default::default()
             })
@@ -458,7 +476,7 @@ impl Cluster {
                 deny_delete: true,
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
-                num_replicas: 1,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await?;

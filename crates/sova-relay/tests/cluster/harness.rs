@@ -262,6 +262,19 @@ pub fn node_args(nats_url: &str, name: &str) -> Vec<String> {
 impl Node {
     /// Starts the node and waits until it listens and `/readyz` says 200.
     pub async fn start(nats_url: &str, name: &str, extra: &[&str]) -> Self {
+        let node = Self::start_listening(nats_url, name, extra);
+        node.wait_ready(200, WAIT).await;
+        node
+    }
+
+    /// Waits for a log line of this node containing `needle` (lines read by earlier waits
+    /// are not seen again).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        wait_for_line(&self.lines, &self.name, needle, WAIT)
+    }
+
+    /// Starts the node and waits until it listens, whatever `/readyz` says.
+    pub fn start_listening(nats_url: &str, name: &str, extra: &[&str]) -> Self {
         let mut child = relay_command()
             .args(node_args(nats_url, name))
             .args(extra)
@@ -278,7 +291,6 @@ impl Node {
         let listening = wait_for_line(&node.lines, name, "Listening on ", WAIT);
         let addr = listening.rsplit("Listening on ").next().unwrap().trim();
         node.addr = addr.parse().unwrap();
-        node.wait_ready(200, WAIT).await;
         node
     }
 
