@@ -71,7 +71,7 @@ pub fn free_port() -> u16 {
 
 /// Every stderr line of `child`, read by a thread that drains the pipe to the end (a
 /// writer whose stderr pipe closed could die of SIGPIPE, as Go programs do on fd 2).
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

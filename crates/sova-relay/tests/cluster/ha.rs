@@ -1,0 +1,838 @@
+//! One NATS server of three lost: a real three-server NATS cluster with JetStream (`n0`,
+//! `n1`, `n2`, every stream and bucket R3) under two relay nodes (`--cluster-nats` listing
+//! the three, `--cluster-replicas 3`, `--cluster-expiry 3s`). Members `a` on node-0 and `b`
+//! on node-1 each send an update every 25 ms; `c`, beside `a` on node-0, only listens. The
+//! server that leads `SOVA_UPDATES` is SIGKILLed; before that, the leadership is moved
+//! (stream leader step-downs) onto a server a relay node is connected to, so the kill costs
+//! both a stream leader election and a relay reconnect: the worst a single server's loss can
+//! do to a session's traffic.
+//!
+//! Checked: updates sent after the kill get through on every pair within `RECOVERY_BOUND`;
+//! none is duplicated or reordered (`seq` strictly increasing); only those sent around the
+//! outage may be missing, every one sent after the recovery arrives; no instance is closed
+//! and none is announced gone or back; `/readyz` returns to 200 on both nodes. The
+//! interruption (kill → first update sent after the kill delivered), the new leader, what
+//! was lost and the nodes' counters are printed on lines starting `cluster ha:`:
+//! `cargo test -p sova-relay --test cluster ha:: -- --ignored --nocapture`.
+//!
+//! Ignored for now: the relay misbehaves in this scenario (see the `ignore` reason). Takes
+//! 12-27 s, up to 35 s when the updates do not come back within 30 s.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sova_relay_protocol::Message;
+use tokio::task::JoinHandle;
+
+use crate::harness::{free_port, http_get, nats_server_or_skip, stderr_lines, Node, TempDir, WAIT};
+use crate::relaying::{as_broadcast, payload};
+use crate::support::TestClient;
+
+/// The stream every session's updates go through.
+const UPDATES_STREAM: &str = "SOVA_UPDATES";
+/// One update per sending member this often.
+const PERIOD: Duration = Duration::from_millis(25);
+/// Longest the updates may stop after the kill (a loaded 2-core machine included).
+const RECOVERY_BOUND: Duration = Duration::from_secs(15);
+/// Updates sent this long before the kill may be lost too: NATS may have taken them
+/// without having replicated them yet.
+const LOSS_MARGIN: Duration = Duration::from_secs(1);
+/// Updates each sender sends after the recovery, every one of which must arrive.
+const AFTER_RECOVERY: usize = 80;
+
+/// One `nats-server` of the NATS cluster, SIGKILLed and reaped on drop.
+struct NatsMember {
+    name: String,
+    port: u16,
+    monitor: SocketAddr,
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl NatsMember {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then reaps the process. Returns when the kill was sent.
+    fn kill(&mut self) -> Instant {
+        let mut child = self.child.take().expect("nats-server is running");
+        child.kill().unwrap();
+        let killed = Instant::now();
+        let _ = child.wait();
+        killed
+    }
+
+    /// `GET path` of the monitoring port as JSON; `None` if it does not answer so.
+    async fn monitor(&self, path: &str) -> Option<serde_json::Value> {
+        match http_get(self.monitor, path).await {
+            // A large answer comes in chunks (HTTP/1.1 without a length).
+            Ok((200, body)) => serde_json::from_str(&body)
+                .ok()
+                .or_else(|| serde_json::from_str(&dechunk(&body)?).ok()),
+            _ => None,
+        }
+    }
+
+    /// The leader of `SOVA_UPDATES` as this server sees it (a server name), if any.
+    async fn stream_leader(&self) -> Option<String> {
+        let jsz = self.monitor("/jsz?streams=true").await?;
+        let leader = jsz["account_details"]
+            .as_array()?
+            .iter()
+            .filter_map(|account| account["stream_detail"].as_array())
+            .flatten()
+            .find(|stream| stream["name"] == UPDATES_STREAM)?["cluster"]["leader"]
+            .as_str()?
+            .to_owned();
+        (!leader.is_empty()).then_some(leader)
+    }
+
+    /// The JetStream meta leader as this server sees it.
+    async fn meta_leader(&self) -> Option<String> {
+        let jsz = self.monitor("/jsz").await?;
+        let leader = jsz["meta_cluster"]["leader"].as_str()?.to_owned();
+        (!leader.is_empty()).then_some(leader)
+    }
+
+    /// The relay nodes connected to this server (`node-0`, …).
+    async fn relay_nodes(&self) -> Option<Vec<String>> {
+        let connz = self.monitor("/connz").await?;
+        Some(
+            connz["connections"]
+                .as_array()
+                .map(|connections| {
+                    connections
+                        .iter()
+                        .filter_map(|c| c["name"].as_str()?.strip_prefix("sova-relay "))
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for NatsMember {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log: Vec<String> = self.lines.try_iter().collect();
+            let tail = &log[log.len().saturating_sub(40)..];
+            eprintln!(
+                "--- nats-server {} stderr (last {} lines) ---\n{}",
+                self.name,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// Three `nats-server -js` on 127.0.0.1 routed into cluster `sova-test`.
+struct NatsCluster {
+    members: Vec<NatsMember>,
+}
+
+impl NatsCluster {
+    /// Starts the three servers, each with its store under `dir`, and waits until each is
+    /// ready and knows the JetStream meta leader.
+    fn start(binary: &Path, dir: &Path) -> Self {
+        // Nine distinct ports: client, route and monitoring port of each server.
+        let mut ports = Vec::new();
+        while ports.len() < 9 {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let route = |i: usize| format!("nats://127.0.0.1:{}", ports[3 * i + 1]);
+        let mut members = Vec::new();
+        for i in 0..3 {
+            let name = format!("n{i}");
+            let routes: Vec<String> = (0..3).filter(|&j| j != i).map(route).collect();
+            let mut child = Command::new(binary)
+                .args(["-a", "127.0.0.1", "-p", &ports[3 * i].to_string()])
+                .args(["-m", &ports[3 * i + 2].to_string()])
+                .args(["--server_name", &name, "--cluster_name", "sova-test"])
+                .args(["--cluster", &route(i), "--routes", &routes.join(",")])
+                .args(["-js", "-sd"])
+                .arg(dir.join(&name))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines = stderr_lines(&mut child);
+            members.push(NatsMember {
+                name,
+                port: ports[3 * i],
+                monitor: SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 2])),
+                child: Some(child),
+                lines,
+            });
+        }
+        for member in &members {
+            wait_for_all(
+                &member.lines,
+                &member.name,
+                &[
+                    &["Server is ready"],
+                    // Logged by the others, and by the leader itself.
+                    &[
+                        "JetStream cluster new metadata leader",
+                        "Self is new JetStream cluster metadata leader",
+                    ],
+                ],
+            );
+        }
+        NatsCluster { members }
+    }
+
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self.members.iter().map(NatsMember::url).collect();
+        urls.join(",")
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no NATS server {name}"))
+    }
+
+    /// The leader of `SOVA_UPDATES` as the first running server that knows it says.
+    async fn stream_leader(&self) -> Option<String> {
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            if let Some(leader) = member.stream_leader().await {
+                return Some(leader);
+            }
+        }
+        None
+    }
+
+    /// Polls until `SOVA_UPDATES` has a leader other than `not` (on a running server).
+    async fn wait_stream_leader(&self, not: Option<&str>) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(leader) = self.stream_leader().await {
+                let running = self.members[self.index(&leader)].child.is_some();
+                if running && Some(leader.as_str()) != not {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{UPDATES_STREAM} has no leader but {not:?} after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Which relay nodes each server carries, once both nodes are found connected.
+    async fn relay_connections(&self) -> Vec<Vec<String>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut found = Vec::new();
+            for member in &self.members {
+                found.push(member.relay_nodes().await.unwrap_or_default());
+            }
+            if found.iter().map(Vec::len).sum::<usize>() == 2 {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the two relay nodes are not both connected to NATS: {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// For the log: on which server each relay node's consumers of `SOVA_UPDATES` (the
+    /// session feeds) live, matched by their deliver subjects, e.g. `node-0's on n1`.
+    async fn feed_consumers(&self) -> Vec<String> {
+        let mut owners = std::collections::HashMap::new();
+        let mut consumers = Vec::new();
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            if let Some(connz) = member.monitor("/connz?subs=detail").await {
+                for connection in connz["connections"].as_array().into_iter().flatten() {
+                    let Some(node) = connection["name"].as_str() else {
+                        continue;
+                    };
+                    let node = node.strip_prefix("sova-relay ").unwrap_or(node);
+                    let subs = connection["subscriptions_list_detail"].as_array();
+                    for sub in subs.into_iter().flatten() {
+                        if let Some(subject) = sub["subject"].as_str() {
+                            owners.insert(subject.to_owned(), node.to_owned());
+                        }
+                    }
+                }
+            }
+            let Some(jsz) = member.monitor("/jsz?consumers=true&config=true").await else {
+                continue;
+            };
+            let streams = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|account| account["stream_detail"].as_array())
+                .flatten();
+            for stream in streams.filter(|s| s["name"] == UPDATES_STREAM) {
+                for consumer in stream["consumer_detail"].as_array().into_iter().flatten() {
+                    let deliver = consumer["config"]["deliver_subject"].as_str();
+                    let leader = consumer["cluster"]["leader"].as_str();
+                    consumers.push((deliver.map(str::to_owned), leader.map(str::to_owned)));
+                }
+            }
+        }
+        consumers.sort();
+        consumers.dedup();
+        consumers
+            .into_iter()
+            .map(|(deliver, leader)| {
+                let owner = deliver.and_then(|d| owners.get(&d).cloned());
+                format!(
+                    "{}'s on {}",
+                    owner.as_deref().unwrap_or("?"),
+                    leader.as_deref().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
+    /// Moves the leadership of `SOVA_UPDATES` (step-downs, each electing one of the two
+    /// other servers at random) until its leader carries a relay node's connection; that
+    /// server's index, and whether the move succeeded.
+    async fn lead_from_a_relay_nodes_server(&self) -> (usize, bool) {
+        let connections = self.relay_connections().await;
+        let client = tokio::time::timeout(WAIT, async_nats::connect(self.members[0].url()))
+            .await
+            .expect("connecting to NATS timed out")
+            .unwrap();
+        let mut leader = self.wait_stream_leader(None).await;
+        // Each step-down succeeds with a probability of at least 1/2: 10 fail 1 in 1024.
+        for _ in 0..10 {
+            if !connections[self.index(&leader)].is_empty() {
+                return (self.index(&leader), true);
+            }
+            let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{UPDATES_STREAM}");
+            let answer = tokio::time::timeout(WAIT, client.request(subject, "".into()))
+                .await
+                .expect("the step-down request timed out")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+            assert!(answer.contains("\"success\":true"), "step-down: {answer}");
+            leader = self.wait_stream_leader(Some(&leader)).await;
+        }
+        (self.index(&leader), false)
+    }
+}
+
+/// Waits until, for each of `wanted`, a line containing one of its alternatives was
+/// logged, in any order; panics with what was seen after `WAIT`, or as soon as the process
+/// exits.
+fn wait_for_all(lines: &mpsc::Receiver<String>, who: &str, wanted: &[&[&str]]) {
+    let deadline = Instant::now() + WAIT;
+    let mut missing: Vec<&[&str]> = wanted.to_vec();
+    let mut seen = Vec::new();
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                missing.retain(|any| !any.iter().any(|needle| line.contains(needle)));
+                seen.push(line);
+            }
+            Err(err) => panic!(
+                "{who} never logged {missing:?} ({err}); its stderr:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// The body of a chunked HTTP answer; `None` if it is not one.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix("\r\n")?;
+    }
+}
+
+/// A broadcast as a member received it, and when.
+struct Arrival {
+    from: String,
+    n: u64,
+    data: Vec<u8>,
+    seq: Option<u64>,
+    at: Instant,
+}
+
+/// What one member sent and received.
+#[derive(Default)]
+struct Traffic {
+    /// When update `n` was handed to the socket, by `n`.
+    sent: Vec<Instant>,
+    arrivals: Vec<Arrival>,
+    /// Every other message, with when it came.
+    events: Vec<(Instant, Message)>,
+}
+
+impl Traffic {
+    fn record(&mut self, message: Message) {
+        let at = Instant::now();
+        match as_broadcast(&message) {
+            Some(broadcast) => self.arrivals.push(Arrival {
+                from: broadcast.from,
+                n: broadcast.timestamp,
+                data: broadcast.data,
+                seq: broadcast.seq,
+                at,
+            }),
+            None => self.events.push((at, message)),
+        }
+    }
+
+    /// When the first update of `from` that it sent after `since` arrived here.
+    fn first_sent_after(&self, from: &str, sender: &Traffic, since: Instant) -> Option<Instant> {
+        self.arrivals
+            .iter()
+            .filter(|a| a.from == from)
+            .find(|a| sender.sent.get(a.n as usize).is_some_and(|at| *at > since))
+            .map(|a| a.at)
+    }
+}
+
+/// The session's members: name, node, whether it sends. `c` only listens, beside `a`.
+const MEMBERS: [(&str, usize, bool); 3] = [("a", 0, true), ("b", 1, true), ("c", 0, false)];
+/// Who hears whom (sender, receiver), by index in `MEMBERS`.
+const PAIRS: [(usize, usize); 4] = [(0, 1), (1, 0), (0, 2), (1, 2)];
+
+/// A member sending update `n` (payload `name#n`) every `PERIOD` if `sends`, and recording
+/// all it receives, until `stop`; gives its client back. Panics if the connection ends.
+fn play(
+    mut client: TestClient,
+    sends: bool,
+    traffic: Arc<Mutex<Traffic>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<TestClient> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if sends && Instant::now() >= next {
+                traffic.lock().unwrap().sent.push(Instant::now());
+                client.update(n, &payload(&client.name, n)).await;
+                n += 1;
+                next += PERIOD;
+            }
+            let wait = if sends {
+                next.saturating_duration_since(Instant::now())
+            } else {
+                PERIOD
+            };
+            if let Some(message) = client.try_recv(wait).await {
+                traffic.lock().unwrap().record(message);
+            }
+        }
+        client
+    })
+}
+
+/// What `to` got from `from` (whose traffic is `sender`), checked: each update at most
+/// once, in order, intact; `seq` on each unless both are on one node (local fan-out while
+/// NATS is unreachable has none); missing ones only among those sent in `lossy`. Returns
+/// the missing numbers and how many came without `seq`.
+fn check_pair(
+    (from, sender): (&str, &Traffic),
+    (to, received): (&str, &Traffic),
+    same_node: bool,
+    killed: Instant,
+    lossy: (Instant, Instant),
+) -> (Vec<u64>, usize) {
+    let mut last = None;
+    let mut got = HashSet::new();
+    let mut unsequenced = 0;
+    for arrival in received.arrivals.iter().filter(|a| a.from == from) {
+        if let Some(n) = last {
+            assert!(
+                arrival.n > n,
+                "{to}: {from}'s update {} after {n} (duplicated or reordered)",
+                arrival.n
+            );
+        }
+        assert_eq!(
+            arrival.data,
+            payload(from, arrival.n),
+            "{to}: {from}'s {}",
+            arrival.n
+        );
+        if arrival.seq.is_none() {
+            assert!(same_node, "{to}: {from}'s update {} without seq", arrival.n);
+            unsequenced += 1;
+        }
+        last = Some(arrival.n);
+        got.insert(arrival.n);
+    }
+    let missing: Vec<u64> = (0..sender.sent.len() as u64)
+        .filter(|n| !got.contains(n))
+        .collect();
+    for &n in &missing {
+        let sent = sender.sent[n as usize];
+        assert!(
+            sent >= lossy.0 && sent < lossy.1,
+            "{to}: {from}'s update {n}, sent {} ms after the kill, never arrived; all \
+             missing: {missing:?}",
+            signed_ms(sent, killed)
+        );
+    }
+    (missing, unsequenced)
+}
+
+/// `at - origin` in milliseconds, negative when `at` is earlier.
+fn signed_ms(at: Instant, origin: Instant) -> i128 {
+    match at.checked_duration_since(origin) {
+        Some(after) => after.as_millis() as i128,
+        None => -((origin - at).as_millis() as i128),
+    }
+}
+
+/// Reads `client` until each `(from, last)` update arrived, then proves with a ping that
+/// nothing else was on its way; records everything in `traffic`.
+async fn drain(client: &mut TestClient, traffic: &Mutex<Traffic>, lasts: &[(&str, u64)]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let done = {
+            let traffic = traffic.lock().unwrap();
+            lasts.iter().all(|(from, last)| {
+                traffic
+                    .arrivals
+                    .iter()
+                    .any(|a| a.from == *from && a.n == *last)
+            })
+        };
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the last updates {lasts:?} never all arrived",
+            client.name
+        );
+        let message = client.recv().await;
+        traffic.lock().unwrap().record(message);
+    }
+    for message in client.sync().await {
+        traffic.lock().unwrap().record(message);
+    }
+}
+
+// 12-27 s (the NATS cluster, the leader move, an outage of 4-20 s, 2 s of traffic after
+// it); up to 35 s when the updates do not come back within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the relay misbehaves when 1 of 3 NATS servers dies: live nodes declared dead \
+            (InstanceDisconnected of live instances, repeated every sweep), a node's session \
+            feed silent up to 10-30+ s; run with --ignored"]
+async fn updates_flow_again_when_the_nats_server_leading_the_stream_is_killed() {
+    let Some(binary) = nats_server_or_skip("ha") else {
+        return;
+    };
+    let dir = TempDir::new("ha");
+    // Dropped in reverse order: the members' clients, the nodes, NATS, then the directory.
+    let mut nats = NatsCluster::start(&binary, dir.path());
+    let urls = nats.urls();
+    let replicas = ["--cluster-replicas", "3"];
+    let nodes = [
+        Node::start(&urls, "node-0", &replicas).await,
+        Node::start(&urls, "node-1", &replicas).await,
+    ];
+    let (victim, moved) = nats.lead_from_a_relay_nodes_server().await;
+    let carried = nats.members[victim].relay_nodes().await.unwrap_or_default();
+    let meta = nats.members[victim].meta_leader().await.unwrap_or_default();
+    let role = format!(
+        "{}: leader of {UPDATES_STREAM}, carrying {carried:?}, meta leader {meta}",
+        nats.members[victim].name
+    );
+    if !moved {
+        eprintln!("cluster ha: could not move the stream leader onto a relay node's server");
+    }
+
+    let token = Some("ha");
+    let caps: Option<&[&str]> = Some(&["resume"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for (name, node, _) in MEMBERS {
+        let node = &nodes[node];
+        let (client, response) = TestClient::register_with(node.addr, name, token, caps).await;
+        assert!(
+            matches!(
+                response,
+                Message::RegistrationResponse { success: true, .. }
+            ),
+            "{name} on {}: {response:?}",
+            node.name
+        );
+        clients.push(client);
+    }
+    let traffic: Vec<Arc<Mutex<Traffic>>> = MEMBERS
+        .iter()
+        .map(|_| Arc::new(Mutex::new(Traffic::default())))
+        .collect();
+    let members: Vec<JoinHandle<TestClient>> = clients
+        .into_iter()
+        .zip(MEMBERS)
+        .zip(&traffic)
+        .map(|((client, (_, _, sends)), record)| play(client, sends, record.clone(), stop.clone()))
+        .collect();
+    let check_members = |members: &[JoinHandle<TestClient>]| {
+        for member in members {
+            assert!(
+                !member.is_finished(),
+                "a member stopped: see its panic above"
+            );
+        }
+    };
+    // A first arrival of `from`'s updates at `to` sent after `since`, by pair.
+    let through_since = |since: Instant| -> Vec<Option<Duration>> {
+        PAIRS
+            .iter()
+            .map(|&(from, to)| {
+                let sender = traffic[from].lock().unwrap();
+                let receiver = traffic[to].lock().unwrap();
+                receiver
+                    .first_sent_after(MEMBERS[from].0, &sender, since)
+                    .map(|at| at - since)
+            })
+            .collect()
+    };
+
+    // Steady traffic before the kill: 20 updates each way.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        check_members(&members);
+        let counts: Vec<usize> = PAIRS
+            .iter()
+            .map(|&(from, to)| {
+                let receiver = traffic[to].lock().unwrap();
+                let from = MEMBERS[from].0;
+                receiver.arrivals.iter().filter(|a| a.from == from).count()
+            })
+            .collect();
+        if counts.iter().all(|&count| count >= 20) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no steady traffic: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let feeds = nats.feed_consumers().await;
+    let killed = nats.members[victim].kill();
+    let survivor = (victim + 1) % 3;
+    // Until updates sent after the kill get through on every pair, the survivors agree on a
+    // new leader, and both nodes are ready.
+    let mut through = vec![None; PAIRS.len()];
+    let mut new_leader: Option<(String, Duration)> = None;
+    let mut unready: [Option<(Duration, Duration)>; 2] = [None, None];
+    let mut ready: [Option<Duration>; 2] = [None, None];
+    let deadline = killed + WAIT;
+    loop {
+        check_members(&members);
+        through = through_since(killed);
+        if new_leader.is_none() {
+            if let Some(leader) = nats.members[survivor].stream_leader().await {
+                if leader != nats.members[victim].name {
+                    new_leader = Some((leader, killed.elapsed()));
+                }
+            }
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let code = http_get(node.addr, "/readyz").await.map(|(code, _)| code);
+            let now = killed.elapsed();
+            if let Ok(200) = code {
+                ready[i] = ready[i].or(Some(now));
+            } else {
+                ready[i] = None;
+                let first = unready[i].map_or(now, |(first, _)| first);
+                unready[i] = Some((first, now));
+            }
+        }
+        if through.iter().all(Option::is_some)
+            && ready.iter().all(Option::is_some)
+            && new_leader.is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery within {WAIT:?} of killing {role}; session feeds were {feeds:?}; \
+             first update after the kill through (a→b, b→a, a→c, b→c): {through:?}, new \
+             leader {new_leader:?}, /readyz 200 since {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = Instant::now();
+
+    // Traffic after the recovery, all of which must arrive.
+    let deadline = recovered + WAIT;
+    let sent_since = |t: &Mutex<Traffic>| {
+        let t = t.lock().unwrap();
+        t.sent.iter().filter(|at| **at > recovered).count()
+    };
+    while sent_since(&traffic[0]) < AFTER_RECOVERY || sent_since(&traffic[1]) < AFTER_RECOVERY {
+        check_members(&members);
+        assert!(
+            Instant::now() < deadline,
+            "members stalled after the recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut clients = Vec::new();
+    for member in members {
+        clients.push(member.await.unwrap());
+    }
+    let last = |t: &Mutex<Traffic>| t.lock().unwrap().sent.len() as u64 - 1;
+    let (last_a, last_b) = (last(&traffic[0]), last(&traffic[1]));
+    drain(&mut clients[0], &traffic[0], &[("b", last_b)]).await;
+    drain(&mut clients[1], &traffic[1], &[("a", last_a)]).await;
+    drain(
+        &mut clients[2],
+        &traffic[2],
+        &[("a", last_a), ("b", last_b)],
+    )
+    .await;
+
+    let lossy = (killed - LOSS_MARGIN, recovered);
+    let records: Vec<_> = traffic.iter().map(|t| t.lock().unwrap()).collect();
+    let mut outcomes = Vec::new();
+    for &(from, to) in &PAIRS {
+        let (from_name, from_node, _) = MEMBERS[from];
+        let (to_name, to_node, _) = MEMBERS[to];
+        outcomes.push(check_pair(
+            (from_name, &records[from]),
+            (to_name, &records[to]),
+            from_node == to_node,
+            killed,
+            lossy,
+        ));
+    }
+    // One order for everyone: `seq` strictly increasing at each member.
+    for (i, record) in records.iter().enumerate() {
+        let seqs: Vec<u64> = record.arrivals.iter().filter_map(|a| a.seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{}: seq not strictly increasing",
+            MEMBERS[i].0
+        );
+    }
+    let ms = |d: Duration| d.as_millis();
+    eprintln!("cluster ha: killed {role}; session feeds before: {feeds:?}");
+    let through: Vec<u128> = through.iter().map(|d| ms(d.unwrap())).collect();
+    eprintln!(
+        "cluster ha: interruption (kill → first update sent after it delivered), ms: \
+         a on node-0 → b on node-1 {}, b → a {}, a → c (on node-0) {}, b → c {}",
+        through[0], through[1], through[2], through[3]
+    );
+    let (leader, elected) = new_leader.unwrap();
+    eprintln!(
+        "cluster ha: new {UPDATES_STREAM} leader {leader} known after {} ms; /readyz 503 seen \
+         (first, last; ms after the kill): node-0 {:?}, node-1 {:?}; all recovered after {} ms",
+        ms(elected),
+        unready[0].map(|(f, l)| (ms(f), ms(l))),
+        unready[1].map(|(f, l)| (ms(f), ms(l))),
+        ms(recovered - killed),
+    );
+    for (&(from, to), (missing, unsequenced)) in PAIRS.iter().zip(&outcomes) {
+        let sender = &records[from];
+        let span = match (missing.first(), missing.last()) {
+            (Some(&first), Some(&last)) => format!(
+                " (numbers {first}..={last}, sent {} to {} ms after the kill)",
+                signed_ms(sender.sent[first as usize], killed),
+                signed_ms(sender.sent[last as usize], killed),
+            ),
+            _ => String::new(),
+        };
+        eprintln!(
+            "cluster ha: {} → {}: lost {} of {}{span}; {unsequenced} without seq",
+            MEMBERS[from].0,
+            MEMBERS[to].0,
+            missing.len(),
+            sender.sent.len(),
+        );
+    }
+    // No instance closed: no error, nothing but presence events; and no presence event
+    // either, as every instance stayed connected throughout.
+    let mut presence = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let name = MEMBERS[i].0;
+        for (at, event) in &record.events {
+            let offset = signed_ms(*at, killed);
+            if *at < killed {
+                // Those who registered after it, before the kill.
+                assert!(
+                    matches!(event, Message::InstanceConnected { .. }),
+                    "{name}: unexpected at {offset} ms after the kill: {event:?}"
+                );
+                continue;
+            }
+            match event {
+                Message::InstanceConnected { instance_name, .. } => {
+                    presence.push(format!("{name} at {offset} ms: {instance_name} connected"))
+                }
+                Message::InstanceDisconnected { instance_name, .. } => presence.push(format!(
+                    "{name} at {offset} ms: {instance_name} disconnected"
+                )),
+                other => panic!("{name}: unexpected at {offset} ms after the kill: {other:?}"),
+            }
+        }
+    }
+    if !presence.is_empty() {
+        eprintln!(
+            "cluster ha: {} presence events although every instance stayed connected:\n  {}",
+            presence.len(),
+            presence.join("\n  ")
+        );
+    }
+    drop(records);
+    for node in &nodes {
+        let (_, metrics) = http_get(node.addr, "/metrics").await.unwrap();
+        let counters: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("sova_cluster_publish_failures_total")
+                    || l.starts_with("sova_cluster_dead_nodes_total")
+            })
+            .collect();
+        eprintln!("cluster ha: {}: {}", node.name, counters.join(", "));
+    }
+    let longest = *through.iter().max().unwrap();
+    assert!(
+        longest <= RECOVERY_BOUND.as_millis(),
+        "updates stopped for longer than {RECOVERY_BOUND:?}: {through:?} ms"
+    );
+    // Every instance still registered where it was, both nodes in the cluster.
+    for (node, local) in nodes.iter().zip([2, 1]) {
+        node.wait_status("its instances and both nodes", |s| {
+            s["instances"] == local
+                && s["cluster"]["nodes"] == serde_json::json!(["node-0", "node-1"])
+        })
+        .await;
+    }
+    assert!(
+        presence.is_empty(),
+        "live instances announced gone or back (see the presence events above)"
+    );
+}
