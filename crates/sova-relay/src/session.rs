@@ -4,7 +4,7 @@
 //! never contend with each other.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,9 @@ struct Feed {
     /// Whether the feed has caught up with the stream: members join only then, so their
     /// `seq` and replays are complete.
     ready: watch::Sender<bool>,
+    /// The highest stream sequence NATS acknowledged for this node's publishes here: the
+    /// feed is stalled if it stays behind it.
+    acked: AtomicU64,
 }
 
 /// What the session lock guards.
@@ -130,6 +133,7 @@ impl Session {
                 Box::new(Feed {
                     closed: CancellationToken::new(),
                     ready: watch::Sender::new(false),
+                    acked: AtomicU64::new(0),
                 })
             }),
         }
@@ -146,6 +150,20 @@ impl Session {
             Some(feed) => feed.closed.cancelled().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// NATS stored one of this node's updates here as `seq`.
+    pub(crate) fn note_acked(&self, seq: u64) {
+        if let Some(feed) = &self.feed {
+            feed.acked.fetch_max(seq, Ordering::Relaxed);
+        }
+    }
+
+    /// The highest `seq` NATS acknowledged for this node's updates here (0: none).
+    pub(crate) fn acked(&self) -> u64 {
+        self.feed
+            .as_ref()
+            .map_or(0, |feed| feed.acked.load(Ordering::Relaxed))
     }
 
     /// The session has left the registry: its feed stops.

@@ -4,12 +4,11 @@
 //! their own stream.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{push, DeliverPolicy};
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use futures_util::StreamExt;
 use sova_relay_protocol::PendingBroadcast;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::Cluster;
@@ -33,6 +32,13 @@ const SOURCE_SEQ: &str = "Sova-Source-Seq";
 /// How long a snapshot waits for its publisher's updates to be ordered.
 const SEQUENCED_WAIT: Duration = Duration::from_secs(2);
 
+/// How often a feed checks that this node's own acknowledged updates come back to it.
+const STALL_CHECK: Duration = Duration::from_millis(500);
+/// How long they may lag before the feed is restarted.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+/// A feed that ran this long before failing was healthy: its next failure is logged again.
+const FEED_HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
 /// Pause before a feed that failed (NATS away) starts again.
 const FEED_RETRY: Duration = Duration::from_millis(500);
 
@@ -46,7 +52,7 @@ impl Cluster {
     /// away: the caller then delivers it on this node only.
     pub(crate) async fn publish(
         &self,
-        session: &Session,
+        session: &Arc<Session>,
         source: &Member,
         pending: &PendingBroadcast,
     ) -> bool {
@@ -63,7 +69,7 @@ impl Cluster {
                 crate::metrics::cluster_published();
                 source.published.fetch_add(1, Ordering::Relaxed);
                 // Waits only when 16 Ki acknowledgements are outstanding.
-                let _ = self.acks.send(ack).await;
+                let _ = self.acks.send((Arc::downgrade(session), ack)).await;
                 true
             }
             Err(err) => {
@@ -111,7 +117,7 @@ impl Cluster {
             .await
         {
             Ok(ack) => {
-                let _ = self.acks.send(ack).await;
+                let _ = self.acks.send((Weak::new(), ack)).await;
             }
             Err(err) => {
                 crate::metrics::cluster_publish_failed();
@@ -124,7 +130,7 @@ impl Cluster {
 /// Awaits publish acknowledgements: a lost publish is logged and counted, never silent.
 pub(super) async fn check_acks(
     cluster: Arc<Cluster>,
-    mut acks: mpsc::Receiver<PublishAckFuture>,
+    mut acks: mpsc::Receiver<super::PendingAck>,
     shutdown: CancellationToken,
 ) {
     let mut pending = FuturesUnordered::new();
@@ -133,10 +139,13 @@ pub(super) async fn check_acks(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             ack = acks.recv() => match ack {
-                Some(ack) => pending.push(std::future::IntoFuture::into_future(ack)),
+                Some((session, ack)) => pending.push(async move { (session, ack.await) }),
                 None => return,
             },
-            Some(result) = pending.next(), if !pending.is_empty() => {
+            Some((session, result)) = pending.next(), if !pending.is_empty() => {
+                if let (Ok(ack), Some(session)) = (&result, session.upgrade()) {
+                    session.note_acked(ack.sequence);
+                }
                 if let Err(err) = result {
                     crate::metrics::cluster_publish_failed();
                     if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
@@ -153,13 +162,22 @@ pub(super) async fn check_acks(
 async fn run_feed(cluster: Arc<Cluster>, session: Arc<Session>) {
     let mut failures = 0u32;
     loop {
+        let started = Instant::now();
         let failed = tokio::select! {
             _ = session.closed() => return,
             result = follow(&cluster, &session) => match result {
-                Ok(()) => return,
+                Ok(FeedEnd::Closed) => return,
+                Ok(FeedEnd::Restart(why)) => {
+                    info!(session = %session.label, "Cluster: restarting the session feed: {why}");
+                    failures = 0;
+                    continue;
+                }
                 Err(err) => err,
             },
         };
+        if started.elapsed() >= FEED_HEALTHY_AFTER {
+            failures = 0;
+        }
         failures += 1;
         // The first failures are expected while NATS restarts; say so once, then quietly.
         if failures == 1 {
@@ -174,9 +192,20 @@ async fn run_feed(cluster: Arc<Cluster>, session: Arc<Session>) {
     }
 }
 
+/// Why a feed that did not fail stopped.
+enum FeedEnd {
+    /// The session left the registry.
+    Closed,
+    /// Its consumer may be gone (NATS reconnected, or this node's own updates stopped
+    /// coming back): start again after the last delivered `seq`.
+    Restart(&'static str),
+}
+
 /// Delivers the session's broadcasts and snapshots until the session closes; an error
 /// when the stream cannot be read.
-async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Result<()> {
+async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Result<FeedEnd> {
+    let mut reconnected = cluster.reconnections.subscribe();
+    reconnected.borrow_and_update();
     let objects = cluster.objects().context("cluster not set up yet")?;
     let updates_subject = format!("sova.u.{}", session.cluster_key);
     let snapshots_subject = format!("sova.snap.{}", session.cluster_key);
@@ -248,9 +277,24 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
         session.mark_ready(objects.updates.cached_info().state.last_sequence);
     }
 
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
+    let mut behind_since: Option<Instant> = None;
     loop {
         tokio::select! {
-            _ = session.closed() => return Ok(()),
+            _ = session.closed() => return Ok(FeedEnd::Closed),
+            // An ephemeral consumer lives on one NATS server: after a reconnection it may
+            // be gone, which the consumer's own heartbeat check would notice only later.
+            _ = reconnected.changed() => return Ok(FeedEnd::Restart("NATS reconnected")),
+            _ = stall_check.tick() => {
+                if session.acked() > session.last_seq() {
+                    let since = *behind_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= STALLED_AFTER {
+                        return Ok(FeedEnd::Restart("this node's updates stopped coming back"));
+                    }
+                } else {
+                    behind_since = None;
+                }
+            }
             message = updates.next() => {
                 let message = message.context("update feed ended")?.map_err(|e| anyhow::anyhow!(e))?;
                 let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;

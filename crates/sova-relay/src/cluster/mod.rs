@@ -10,7 +10,7 @@ mod feed;
 mod names;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::metrics::Stats;
 use crate::reason::DisconnectReason;
 use crate::registry::Registry;
+use crate::session::Session;
 use crate::Config;
 
 pub(crate) use names::{Claim, RemoteInstance};
@@ -72,8 +73,10 @@ pub(crate) struct Cluster {
     view: Mutex<names::View>,
     /// Registrations between claiming a slot and joining the registry.
     in_flight: AtomicUsize,
-    acks: mpsc::Sender<jetstream::context::PublishAckFuture>,
-    acks_rx: Mutex<Option<mpsc::Receiver<jetstream::context::PublishAckFuture>>>,
+    acks: mpsc::Sender<PendingAck>,
+    acks_rx: Mutex<Option<mpsc::Receiver<PendingAck>>>,
+    /// Bumped each time the client (re)connects to a NATS server: session feeds restart.
+    pub(crate) reconnections: Arc<tokio::sync::watch::Sender<u64>>,
     pub(crate) stats: Arc<Stats>,
     /// Set when this node cannot be part of the cluster (its name is a live node's): the
     /// relay stops with this error.
@@ -86,6 +89,9 @@ pub(crate) struct Cluster {
     /// Name entries whose release failed (NATS away): retried at each heartbeat.
     unreleased: Mutex<Vec<(String, Uuid)>>,
 }
+
+/// An acknowledgement to await, and the session the update went to (none: a snapshot).
+type PendingAck = (Weak<Session>, jetstream::context::PublishAckFuture);
 
 /// The NATS objects, once created or found.
 struct Objects {
@@ -104,7 +110,17 @@ impl Cluster {
             Some(name) => name.clone(),
             None => host_name(),
         };
+        let reconnections = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let on_event = reconnections.clone();
         let mut options = ConnectOptions::new()
+            .event_callback(move |event| {
+                let on_event = on_event.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        on_event.send_modify(|n| *n += 1);
+                    }
+                }
+            })
             .name(format!("sova-relay {node}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -163,6 +179,7 @@ impl Cluster {
             in_flight: AtomicUsize::new(0),
             acks,
             acks_rx: Mutex::new(Some(acks_rx)),
+            reconnections,
             stats,
             unreleased: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),

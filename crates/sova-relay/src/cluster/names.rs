@@ -76,6 +76,10 @@ pub(crate) struct View {
     sessions: HashMap<String, HashMap<String, Remote>>,
     /// Nodes by name: incarnation and when NATS last stored its heartbeat.
     heartbeats: HashMap<String, (String, SystemTime)>,
+    /// When this node last saw its own heartbeat come back from NATS, and since when it
+    /// has seen them without a gap (the others' beats resume a little after ours).
+    own_beat_seen: Option<Instant>,
+    own_beats_since: Option<Instant>,
     /// Names of the nodes alive at the last sweep (this one included).
     pub(crate) live_nodes: Vec<String>,
 }
@@ -454,6 +458,16 @@ impl Cluster {
                     + Duration::from_nanos(
                         u64::try_from(entry.created.unix_timestamp_nanos()).unwrap_or(0),
                     );
+                if entry.key == self.node && incarnation == self.incarnation {
+                    let now = Instant::now();
+                    let gap = view
+                        .own_beat_seen
+                        .is_none_or(|seen| seen.elapsed() > self.expiry / 2);
+                    if gap {
+                        view.own_beats_since = Some(now);
+                    }
+                    view.own_beat_seen = Some(now);
+                }
                 view.heartbeats.insert(entry.key, (incarnation, at));
             }
             kv::Operation::Delete | kv::Operation::Purge => {
@@ -469,9 +483,28 @@ impl Cluster {
             return Ok(());
         };
         let now = SystemTime::now();
-        let alive = |at: &SystemTime| now.duration_since(*at).unwrap_or_default() <= self.expiry;
         let (dead_entries, live) = {
             let mut view = lock(&self.view);
+            // Judged against this node's own latest beat as NATS stored it, not the clock:
+            // while NATS takes no beats (a server lost, a leader being elected) ours stop
+            // too, and nobody is declared dead for NATS's silence.
+            let own_beat = view
+                .heartbeats
+                .get(&self.node)
+                .filter(|(incarnation, _)| *incarnation == self.incarnation)
+                .map(|(_, at)| *at);
+            // Fresh: seen come back recently (by this node's monotonic clock, so a skew
+            // between its clock and NATS's does not matter).
+            let own_beat_fresh = view
+                .own_beat_seen
+                .is_some_and(|seen| seen.elapsed() <= self.expiry / 2);
+            // …and steadily for an expiry: every live node has beaten since.
+            let own_beats_steady = view
+                .own_beats_since
+                .is_some_and(|since| since.elapsed() >= self.expiry);
+            let reference = own_beat.filter(|_| own_beat_fresh).unwrap_or(now);
+            let alive =
+                |at: &SystemTime| reference.duration_since(*at).unwrap_or_default() <= self.expiry;
             let live: HashMap<String, String> = view
                 .heartbeats
                 .iter()
@@ -486,7 +519,7 @@ impl Cluster {
             view.live_nodes = names;
             let settled = lock(&self.connected_since)
                 .is_some_and(|since: Instant| since.elapsed() >= self.expiry);
-            if !settled {
+            if !settled || !own_beat_fresh || !own_beats_steady {
                 return Ok(());
             }
             let is_live = |value: &NameValue| {
