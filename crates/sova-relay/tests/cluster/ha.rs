@@ -544,7 +544,7 @@ async fn drain(client: &mut TestClient, traffic: &Mutex<Traffic>, lasts: &[(&str
 // it); up to 35 s when the updates do not come back within 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "timing-bound on NATS 2.9's leader election (4-8 s here): recovery took 4.9-12.7 s \
-            in 7 of 8 runs and 20 s in one, past the test's 15 s bound; 10-30 s long; run with \
+            in 5 of 6 runs and 20 s in one, past the test's 15 s bound; 10-30 s long; run with \
             --ignored (docs/SCALING.md quotes its numbers)"]
 async fn updates_flow_again_when_the_nats_server_leading_the_stream_is_killed() {
     let Some(binary) = nats_server_or_skip("ha") else {
