@@ -295,10 +295,13 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_beat: Option<Instant> = None;
     let mut failing = Failing::default();
+    let mut reconnected = cluster.reconnections.subscribe();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            // A (re)connection is acted on at once, not at the next tick.
+            _ = reconnected.changed() => {}
         }
         let connected = cluster.nats_connected();
         let was = cluster.connected.swap(connected, Ordering::Relaxed);
