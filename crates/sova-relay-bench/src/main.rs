@@ -75,6 +75,14 @@ struct SoakArgs {
     /// Largest RSS growth allowed from the second to the last quarter, MiB.
     #[arg(long, default_value_t = 16)]
     rss_max_growth_mib: u64,
+    /// 0: one relay. N: N relay nodes (`--cluster-nats`) on one `nats-server -js`; clients
+    /// join them round-robin and resume on another node; churn is the only disturbance,
+    /// and `/metrics` is not compared with the clients' counts.
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
+    /// The nats-server binary for --nodes (default: on the PATH, else /usr/sbin/nats-server).
+    #[arg(long)]
+    nats_bin: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -273,6 +281,8 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         relay_log: args.relay_log,
         rss_max_growth_pct: args.rss_max_growth_pct,
         rss_max_growth_mib: args.rss_max_growth_mib,
+        nodes: args.nodes,
+        nats_bin: args.nats_bin,
     };
     let outcome = sova_relay_bench::soak::run(&options).await?;
     println!("{}", outcome.report);

@@ -1,11 +1,12 @@
 //! The cluster scenario's machinery end to end, briefly: `nats-server -js` and three relay
 //! nodes (the real binary from the target directory), six clients of one session spread
-//! over the nodes, every update delivered exactly once to each other member. Skipped when
-//! nats-server or a relay binary with `--cluster-nats` is not there.
+//! over the nodes, every update delivered exactly once to each other member. Also a few
+//! seconds of `soak --nodes 3`. Skipped when nats-server or a relay binary with
+//! `--cluster-nats` is not there.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sova_relay_bench::cluster::{Deployment, Layout};
 use sova_relay_bench::servers::Binaries;
@@ -81,4 +82,41 @@ async fn three_nodes_deliver_every_update_once() {
     );
     assert!(report.server.is_some_and(|s| s.cpu_s > 0.0), "{report:?}");
     assert!(report.broker.is_some(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_cluster_soak_passes() {
+    let (Some(nats), Some(relay)) = (nats_server(), relay_with_cluster_mode()) else {
+        eprintln!("SKIPPED: needs nats-server and a sova-relay binary with --cluster-nats");
+        return;
+    };
+    let started = Instant::now();
+    let options = soak::Options {
+        duration: Duration::from_secs(3),
+        seed: 7,
+        relay_bin: Some(relay),
+        sizes: soak::Sizes {
+            sessions: 1,
+            churners: 1,
+            abusers: 0,
+            slow_consumers: 0,
+        },
+        relay_log: None,
+        rss_max_growth_pct: 100.0,
+        rss_max_growth_mib: 64,
+        nodes: 3,
+        nats_bin: Some(nats),
+    };
+    let outcome = soak::run(&options).await.expect("the cluster soak runs");
+    assert!(
+        outcome.passed,
+        "{:?}\n{}",
+        outcome.violations, outcome.report
+    );
+    assert!(
+        outcome.report.contains("resumes on another node"),
+        "{}",
+        outcome.report
+    );
+    eprintln!("cluster soak smoke run: {:?}", started.elapsed());
 }

@@ -27,6 +27,8 @@ async fn a_short_soak_passes() {
         relay_log: None,
         rss_max_growth_pct: 100.0,
         rss_max_growth_mib: 64,
+        nodes: 0,
+        nats_bin: None,
     };
     let outcome = soak::run(&options).await.expect("the soak runs");
     assert!(

@@ -162,6 +162,11 @@ pub fn spawn_disturbances(ctx: &Arc<Ctx>, sizes: Sizes, seeds: &mut fastrand::Rn
             set.spawn(churn::slot(ctx.clone(), jam(i), tag, seeds.u64(..)));
         }
     }
+    if ctx.cluster() {
+        // A cluster soak: churn only (abusers, slow consumers, bad input, kicks and the
+        // HTTP probes concern one node, which the single-relay soak covers).
+        return set;
+    }
     for k in 0..sizes.abusers {
         set.spawn(abuse::slot(ctx.clone(), k, seeds.u64(..)));
     }

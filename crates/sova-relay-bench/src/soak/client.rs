@@ -74,6 +74,8 @@ pub struct Client {
     pub(super) pings: u64,
     /// Its own random choices.
     pub(super) rng: fastrand::Rng,
+    /// The node it is connected to (0 without a cluster).
+    pub node: usize,
 }
 
 impl Client {
@@ -92,14 +94,16 @@ impl Client {
             capabilities: caps,
             resume: None,
         };
-        let (conn, reg) = wire::join(ctx.addr, &join)
+        let node = ctx.pick_node();
+        let (conn, reg) = wire::join(ctx.node_addr(node), &join)
             .await
             .map_err(|err| err.to_string())??;
         add(&ctx.books.tally.framed_connections, 1);
         add(&ctx.books.tally.registrations, 1);
         ctx.books.verdicts.pass(Inv::Undisturbed);
         ctx.books.ledger.registered(reg.id, &name, kind_of(sending));
-        let mut rx = Receiver::new(&name, sending.is_none());
+        // A cluster's seqs are not contiguous: a silent member checks that they increase.
+        let mut rx = Receiver::new(&name, sending.is_none() && !ctx.cluster());
         rx.fresh(&reg);
         Ok(Client {
             ctx,
@@ -115,6 +119,7 @@ impl Client {
             next_send: Instant::now(),
             pings: 0,
             rng,
+            node,
         })
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -86,8 +87,12 @@ pub enum Ack {
 
 /// Shared by every task.
 pub struct Ctx {
-    /// The relay.
+    /// The relay (in a cluster: the first node, for HTTP).
     pub addr: SocketAddr,
+    /// In a cluster (`--nodes`): every node, which clients join round-robin; else empty.
+    pub nodes: Vec<SocketAddr>,
+    /// The next node a fresh registration goes to.
+    pub next_node: AtomicUsize,
     /// Its settings.
     pub settings: Settings,
     /// The books.
@@ -111,6 +116,32 @@ impl Ctx {
     /// Whether disturbances should go on.
     pub fn running(&self) -> bool {
         self.phase() == Phase::Run
+    }
+
+    /// Whether the relay is a cluster of nodes (whose `seq`s are not contiguous).
+    pub fn cluster(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+
+    /// The node a fresh registration goes to (round-robin; 0 without a cluster).
+    pub fn pick_node(&self) -> usize {
+        match self.nodes.len() {
+            0 => 0,
+            n => self.next_node.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// The node a client on `node` resumes on: the next one, so that it changes node.
+    pub fn other_node(&self, node: usize) -> usize {
+        match self.nodes.len() {
+            0 => 0,
+            n => (node + 1) % n,
+        }
+    }
+
+    /// The address of `node`.
+    pub fn node_addr(&self, node: usize) -> SocketAddr {
+        self.nodes.get(node).copied().unwrap_or(self.addr)
     }
 
     /// Reports to the conductor (which may have given up waiting; that is fine).

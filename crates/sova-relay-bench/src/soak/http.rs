@@ -135,6 +135,20 @@ pub async fn scrape(ctx: &Ctx) -> io::Result<Metrics> {
     Ok(Metrics::parse(&response.body))
 }
 
+/// `GET /metrics` on `addr` (a cluster node), parsed.
+pub async fn scrape_at(ctx: &Ctx, addr: SocketAddr) -> io::Result<Metrics> {
+    add(&ctx.books.tally.http_requests, 1);
+    let request = b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n";
+    let response = raw(addr, request).await?;
+    if response.status != 200 {
+        return Err(io::Error::other(format!(
+            "/metrics answered {}",
+            response.status
+        )));
+    }
+    Ok(Metrics::parse(&response.body))
+}
+
 /// Probes the HTTP endpoints every two seconds until the run quiesces.
 pub async fn probe(ctx: Arc<Ctx>) {
     let mut phase = ctx.phase.clone();

@@ -161,6 +161,8 @@ tally! {
     resumes_ok,
     /// Resumes answered `resync_required`.
     resumes_resync,
+    /// Resumes on another node than the dropped connection's (cluster only).
+    resumes_moved,
     /// Churners that joined.
     churn_joins,
     /// Churners that left by closing (FIN).

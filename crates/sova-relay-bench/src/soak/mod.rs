@@ -5,6 +5,8 @@
 //! consumers stall, abusers flood, operators kick. At the end the relay's memory must have
 //! stayed flat and its `/metrics` must agree with what the clients counted. The run is
 //! driven by one seeded RNG; the report says which invariants held, and how often.
+//! With `nodes` (`--nodes N`), the relay is N cluster nodes on one `nats-server -js`, which
+//! the well-behaved clients and churners join round-robin and resume on another node of.
 
 mod abuse;
 mod bad;
@@ -31,7 +33,7 @@ mod update;
 mod verdict;
 mod wire;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,8 @@ pub use cast::Sizes;
 use ctx::{Ack, Ctx, Phase, Settings, Summary};
 use ledger::get;
 use relay::Relay;
+
+use crate::servers::{Binaries, ServerProcess};
 pub use verdict::Inv;
 
 /// What to run.
@@ -60,6 +64,13 @@ pub struct Options {
     pub rss_max_growth_pct: f64,
     /// ...and at most this many MiB.
     pub rss_max_growth_mib: u64,
+    /// 0: one relay. Otherwise this many relay nodes (`--cluster-nats`) on one
+    /// `nats-server -js`, which clients join round-robin and resume on another node of;
+    /// churn is the only disturbance, `seq`s are checked to increase (not to be
+    /// contiguous), and `/metrics` is not compared with the clients' counts.
+    pub nodes: usize,
+    /// `nats-server` for a cluster (default: on the PATH, else /usr/sbin/nats-server).
+    pub nats_bin: Option<PathBuf>,
 }
 
 /// The result: whether every invariant held, and the report.
@@ -99,11 +110,29 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
     let log = options.relay_log.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("sova-relay-soak-{}.log", std::process::id()))
     });
-    let relay = Relay::start(&bin, &settings, &log).await?;
+    let (relays, logs, nats, header) = if options.nodes == 0 {
+        let relay = Relay::start(&bin, &settings, &log).await?;
+        let header = format!(
+            "relay {} (pid {}) on {}, log {} (by default kept only if the run fails)",
+            bin.display(),
+            relay.pid,
+            relay.addr,
+            log.display()
+        );
+        (vec![relay], vec![log], None, header)
+    } else {
+        start_cluster(options, &bin, &settings, &log).await?
+    };
     let (phase_tx, phase) = watch::channel(Phase::Run);
     let (acks, acks_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
-        addr: relay.addr,
+        addr: relays[0].addr,
+        nodes: if options.nodes == 0 {
+            Vec::new()
+        } else {
+            relays.iter().map(|r| r.addr).collect()
+        },
+        next_node: Default::default(),
         settings,
         books: Default::default(),
         phase,
@@ -111,18 +140,23 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         kickable: Default::default(),
         started: Instant::now(),
     });
-    let header = format!(
-        "relay {} (pid {}) on {}, log {} (by default kept only if the run fails)",
-        bin.display(),
-        relay.pid,
-        relay.addr,
-        log.display()
-    );
-    let conducted = conduct(&ctx, options, relay, &phase_tx, acks_rx).await;
-    let report = report::render(&ctx, options, &header, &conducted);
+    let mut options = options.clone();
+    if ctx.cluster() {
+        // Their members (witnesses, the flood's feeder) come with disturbances not run.
+        options.sizes.abusers = 0;
+        options.sizes.slow_consumers = 0;
+    }
+    let conducted = conduct(&ctx, &options, relays, &phase_tx, acks_rx).await;
+    let report = report::render(&ctx, &options, &header, &conducted);
+    if let Some((server, store)) = nats {
+        tokio::task::spawn_blocking(move || server.stop()).await?;
+        let _ = std::fs::remove_dir_all(store);
+    }
     if violations_none(&ctx) && options.relay_log.is_none() {
-        // The default log is kept only when it has a failure to explain.
-        let _ = std::fs::remove_file(&log);
+        // The default logs are kept only when they have a failure to explain.
+        for log in &logs {
+            let _ = std::fs::remove_file(log);
+        }
     }
     let violations = verdict::ALL
         .iter()
@@ -134,6 +168,82 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         violations,
         report,
     })
+}
+
+/// What a cluster run starts: the nodes, their logs, nats-server and its store, a header.
+type Cluster = (
+    Vec<Relay>,
+    Vec<PathBuf>,
+    Option<(ServerProcess, PathBuf)>,
+    String,
+);
+
+/// Starts `nats-server -js` (store in a fresh temporary directory) and `options.nodes`
+/// relay nodes on it, each with the soak's settings; node `i`'s log is `log` with `-node{i}`.
+async fn start_cluster(
+    options: &Options,
+    bin: &Path,
+    settings: &Settings,
+    log: &Path,
+) -> anyhow::Result<Cluster> {
+    let binaries = Binaries {
+        relay: bin.to_owned(),
+        nats: match &options.nats_bin {
+            Some(nats) => nats.clone(),
+            None => locate_nats(),
+        },
+        redis: PathBuf::from("redis-server"),
+    };
+    let store = std::env::temp_dir().join(format!(
+        "sova-relay-soak-js-{}-{}",
+        std::process::id(),
+        options.seed
+    ));
+    std::fs::create_dir_all(&store)?;
+    let nats_store = store.clone();
+    let nats_bin = binaries.nats.clone();
+    let server =
+        tokio::task::spawn_blocking(move || ServerProcess::start_jetstream(&binaries, &nats_store))
+            .await?
+            .map_err(|err| anyhow::anyhow!("nats-server -js ({}): {err:#}", nats_bin.display()))?;
+    let mut relays = Vec::new();
+    let mut logs = Vec::new();
+    let stem = log.with_extension("");
+    for i in 0..options.nodes {
+        let node_log = PathBuf::from(format!("{}-node{i}.log", stem.display()));
+        let name = format!("soak-node-{i}");
+        let node = Relay::start_node(bin, settings, &node_log, server.addr, &name).await?;
+        relays.push(node);
+        logs.push(node_log);
+    }
+    let nodes: Vec<String> = relays
+        .iter()
+        .zip(&logs)
+        .map(|(r, log)| format!("pid {} on {} (log {})", r.pid, r.addr, log.display()))
+        .collect();
+    let header = format!(
+        "cluster: {} relay nodes of {} on nats-server -js (pid {}) at {}: {}; logs kept only if the run fails\n\
+         cluster mode: clients join the nodes round-robin and resume on the next node; churn is the only disturbance; \
+         seq checked to increase (a cluster's seqs are not contiguous) and the seq span accounting skipped; \
+         RSS and CPU are node 0's; /metrics not compared with the clients' counts (one process per node)",
+        options.nodes,
+        bin.display(),
+        server.pid,
+        server.addr,
+        nodes.join(", ")
+    );
+    Ok((relays, logs, Some((server, store)), header))
+}
+
+/// `nats-server` on the PATH, else Debian's.
+fn locate_nats() -> PathBuf {
+    let on_path = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output();
+    if on_path.is_ok_and(|out| out.status.success()) {
+        return PathBuf::from("nats-server");
+    }
+    PathBuf::from("/usr/sbin/nats-server")
 }
 
 fn violations_none(ctx: &Ctx) -> bool {
@@ -153,7 +263,7 @@ pub(crate) struct Conducted {
 async fn conduct(
     ctx: &Arc<Ctx>,
     options: &Options,
-    mut relay: Relay,
+    mut relays: Vec<Relay>,
     phase: &watch::Sender<Phase>,
     mut acks: mpsc::UnboundedReceiver<Ack>,
 ) -> Conducted {
@@ -168,15 +278,15 @@ async fn conduct(
     };
     let _ = tokio::time::timeout(Duration::from_secs(30), registered).await;
     let (stop_rss, rss_stopped) = oneshot::channel::<()>();
-    let sampler = tokio::spawn(rss::Series::sample(relay.pid, ctx.started, async {
+    let sampler = tokio::spawn(rss::Series::sample(relays[0].pid, ctx.started, async {
         let _ = rss_stopped.await;
     }));
     let mut disturbances = cast::spawn_disturbances(ctx, options.sizes, &mut seeds);
     let deadline = Instant::now() + options.duration;
-    while Instant::now() < deadline && relay.alive() {
+    while Instant::now() < deadline && relays.iter_mut().all(Relay::alive) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let alive = relay.alive();
+    let alive = relays.iter_mut().all(Relay::alive);
     ctx.books.verdicts.check(Inv::Process, alive, || {
         "the relay exited during the run".to_owned()
     });
@@ -200,7 +310,11 @@ async fn conduct(
     .await;
     // Connections that left by a reset may still be registered for a moment: the barrier
     // needs their departure notices queued before the members' last Pongs.
-    let quiet = settle(ctx, n as u64).await;
+    let quiet = if ctx.cluster() {
+        settle_cluster(ctx, n as u64).await
+    } else {
+        settle(ctx, n as u64).await
+    };
     steps.mark("quiesce senders");
     let _ = phase.send(Phase::Barrier);
     let summaries: Vec<Summary> = gather(ctx, &mut acks, n, "barrier", |ack| match ack {
@@ -209,26 +323,34 @@ async fn conduct(
     })
     .await;
     steps.mark("barrier");
-    checks::sessions(&summaries, &ctx.books);
+    checks::sessions(&summaries, &ctx.books, !ctx.cluster());
     checks::abusers(&ctx.books, &ctx.settings);
     let live = expect::Live {
         instances: n as u64,
         sessions: cast::sessions(options.sizes),
     };
     let rows = match quiet {
-        Some(metrics) if alive => compare_metrics(ctx, live, &metrics).await,
+        Some(metrics) if alive && !ctx.cluster() => compare_metrics(ctx, live, &metrics).await,
         _ => Vec::new(),
     };
     steps.mark("metrics");
     let _ = phase.send(Phase::Shutdown);
-    let exit = relay
-        .terminate(ctx.settings.shutdown_timeout + Duration::from_secs(5))
-        .await;
-    ctx.books.verdicts.check(
-        Inv::Process,
-        exit.as_ref().is_ok_and(|s| s.success()),
-        || format!("relay exit after SIGTERM: {exit:?}"),
-    );
+    let within = ctx.settings.shutdown_timeout + Duration::from_secs(5);
+    let exits =
+        futures_util::future::join_all(relays.into_iter().map(|relay| relay.terminate(within)))
+            .await;
+    for exit in &exits {
+        ctx.books.verdicts.check(
+            Inv::Process,
+            exit.as_ref().is_ok_and(|s| s.success()),
+            || format!("relay exit after SIGTERM: {exit:?}"),
+        );
+    }
+    let exit = exits
+        .iter()
+        .find(|exit| !exit.as_ref().is_ok_and(|s| s.success()))
+        .unwrap_or(&exits[0])
+        .clone();
     gather(ctx, &mut acks, n, "shutdown", |ack| {
         matches!(ack, Ack::Closed).then_some(())
     })
@@ -326,6 +448,36 @@ async fn settle(ctx: &Ctx, n: u64) -> Option<http::Metrics> {
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// In a cluster: waits until every node counts the `n` long-lived members, its own
+/// (`sova_relay_instances`) plus the others' (`sova_cluster_remote_instances`), so that
+/// every departure has reached every node; returns node 0's metrics.
+async fn settle_cluster(ctx: &Ctx, n: u64) -> Option<http::Metrics> {
+    let started = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        let mut first = None;
+        for &addr in &ctx.nodes {
+            let scraped = http::scrape_at(ctx, addr).await;
+            seen.push(scraped.as_ref().ok().map(|m| {
+                (m.get("sova_relay_instances") + m.get("sova_cluster_remote_instances")) as u64
+            }));
+            if let Ok(m) = scraped {
+                first.get_or_insert(m);
+            }
+        }
+        if seen.iter().all(|&c| c == Some(n)) {
+            return first;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            ctx.books.verdicts.fail(Inv::Metrics, || {
+                format!("the nodes did not each count {n} instances within 15 s: {seen:?}")
+            });
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -82,6 +82,34 @@ pub fn args(settings: &Settings, port: u16) -> Vec<String> {
 impl Relay {
     /// Starts `bin` and waits until `/healthz` answers.
     pub async fn start(bin: &Path, settings: &Settings, log: &Path) -> anyhow::Result<Relay> {
+        Relay::spawn(bin, settings, log, &[], "/healthz").await
+    }
+
+    /// Starts `bin` as cluster node `name` on the `nats-server -js` at `nats`, and waits
+    /// until `/readyz` answers (NATS connected, streams and buckets in place).
+    pub async fn start_node(
+        bin: &Path,
+        settings: &Settings,
+        log: &Path,
+        nats: SocketAddr,
+        name: &str,
+    ) -> anyhow::Result<Relay> {
+        let cluster = [
+            "--cluster-nats".to_owned(),
+            format!("nats://{nats}"),
+            "--node-name".to_owned(),
+            name.to_owned(),
+        ];
+        Relay::spawn(bin, settings, log, &cluster, "/readyz").await
+    }
+
+    async fn spawn(
+        bin: &Path,
+        settings: &Settings,
+        log: &Path,
+        extra: &[String],
+        ready: &str,
+    ) -> anyhow::Result<Relay> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .context("finding a free port")?
@@ -89,6 +117,7 @@ impl Relay {
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
             .args(args(settings, port))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -107,13 +136,13 @@ impl Relay {
                     log.display()
                 );
             }
-            if healthy(relay.addr).await {
+            if healthy(relay.addr, ready).await {
                 return Ok(relay);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!(
-            "the relay did not answer /healthz within 20 s; see {}",
+            "the relay did not answer {ready} within 20 s; see {}",
             log.display()
         )
     }
@@ -152,13 +181,12 @@ impl Drop for Relay {
     }
 }
 
-/// `GET /healthz` answers 200.
-async fn healthy(addr: SocketAddr) -> bool {
+/// `GET {path}` answers 200.
+async fn healthy(addr: SocketAddr, path: &str) -> bool {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-            .await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
         let mut reply = Vec::new();
         stream.read_to_end(&mut reply).await?;
         Ok::<_, std::io::Error>(reply)

@@ -67,6 +67,14 @@ fn activity(out: &mut String, ctx: &Ctx) {
         get(&t.resumes_ok),
         get(&t.resumes_resync)
     );
+    if ctx.cluster() {
+        let _ = writeln!(
+            out,
+            "  cluster: {} nodes; {} resumes on another node than the dropped connection's",
+            ctx.nodes.len(),
+            get(&t.resumes_moved)
+        );
+    }
     let _ = writeln!(
         out,
         "  churn: {} joins, {} left by FIN, {} by RST, {} kicked",

@@ -39,6 +39,7 @@ impl Client {
             sending,
             mut own,
             rng,
+            node,
             ..
         } = self;
         add(&ctx.books.tally.drops, 1);
@@ -51,8 +52,12 @@ impl Client {
             capabilities: caps,
             resume: Some(resume.clone()),
         };
-        match wire::join(ctx.addr, &join).await {
+        let node_now = ctx.other_node(node);
+        match wire::join(ctx.node_addr(node_now), &join).await {
             Ok(Ok((conn, reg))) => {
+                if node_now != node {
+                    add(&ctx.books.tally.resumes_moved, 1);
+                }
                 add(&ctx.books.tally.framed_connections, 1);
                 add(&ctx.books.tally.registrations, 1);
                 ctx.books.ledger.registered(reg.id, &name, kind_of(sending));
@@ -75,6 +80,7 @@ impl Client {
                     next_send: Instant::now(),
                     pings: 0,
                     rng,
+                    node: node_now,
                 }
             }
             outcome => {
