@@ -2,6 +2,7 @@
 //! place. Precedence: command line > environment (`SOVA_*`) > file (`--config`) > default.
 
 mod file;
+mod print;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -15,7 +16,6 @@ use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
-use toml::Value;
 
 use file::{file_error, ConfigFile};
 
@@ -390,137 +390,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// One `key = value` line per option, in the order of `--help`.
-    fn render(&self, origins: Option<&HashMap<String, Origin>>) -> String {
-        let values: HashMap<&str, Option<Value>> = self.values().into_iter().collect();
-        let mut text = String::new();
-        for arg in file::keys(&command()) {
-            let key = arg.get_id().as_str();
-            let line = match values.get(key) {
-                Some(Some(_)) if arg.is_hide_env_values_set() => {
-                    format!("{key} = \"{REDACTED}\"")
-                }
-                Some(Some(value)) => format!("{key} = {value}"),
-                Some(None) => format!("# {key} is not set"),
-                None => format!("# {key}: not shown"),
-            };
-            match origins.and_then(|origins| origins.get(key)) {
-                Some(origin) => {
-                    let _ = writeln!(text, "{line:<44} # {origin}");
-                }
-                None => {
-                    let _ = writeln!(text, "{line}");
-                }
-            }
-        }
-        text
-    }
-
-    /// Every option's value as TOML (`None`: not set).
-    fn values(&self) -> Vec<(&'static str, Option<Value>)> {
-        let path = |path: &Option<PathBuf>| {
-            path.as_ref()
-                .map(|path| Value::String(path.display().to_string()))
-        };
-        let nets = |nets: &[IpNet]| {
-            let nets = nets.iter().map(|net| Value::String(net.to_string()));
-            Some(Value::Array(nets.collect()))
-        };
-        vec![
-            ("host", Some(Value::String(self.host.to_string()))),
-            ("port", Some(integer(self.port))),
-            ("max_instances", Some(integer(self.max_instances))),
-            ("rate_limit", Some(integer(self.rate_limit))),
-            ("log_level", Some(Value::String(self.log_level.clone()))),
-            ("max_message_size", Some(integer(self.max_message_size))),
-            ("max_pending_bytes", Some(integer(self.max_pending_bytes))),
-            ("write_timeout", Some(duration_value(self.write_timeout))),
-            (
-                "handshake_timeout",
-                Some(duration_value(self.handshake_timeout)),
-            ),
-            (
-                "shutdown_timeout",
-                Some(duration_value(self.shutdown_timeout)),
-            ),
-            (
-                "sova_version",
-                Some(Value::String(self.sova_version.clone())),
-            ),
-            ("ping_interval", Some(duration_value(self.ping_interval))),
-            ("http", Some(Value::Boolean(self.http))),
-            ("admin_token", self.admin_token.clone().map(Value::String)),
-            (
-                "show_session_names",
-                Some(Value::Boolean(self.show_session_names)),
-            ),
-            ("tls_cert", path(&self.tls_cert)),
-            ("tls_key", path(&self.tls_key)),
-            ("tls_required", Some(Value::Boolean(self.tls_required))),
-            ("tokens_file", path(&self.tokens_file)),
-            ("allow", nets(&self.allow)),
-            ("deny", nets(&self.deny)),
-            ("max_connections", Some(integer(self.max_connections))),
-            (
-                "max_connections_per_ip",
-                Some(integer(self.max_connections_per_ip)),
-            ),
-            (
-                "connection_rate_per_ip",
-                Some(integer(self.connection_rate_per_ip)),
-            ),
-            (
-                "max_failed_registrations",
-                Some(integer(self.max_failed_registrations)),
-            ),
-            ("lockout", Some(duration_value(self.lockout))),
-            ("audit_log", path(&self.audit_log)),
-            (
-                "history_max_updates",
-                Some(integer(self.history_max_updates)),
-            ),
-            ("history_max_bytes", Some(integer(self.history_max_bytes))),
-            (
-                "history_max_age",
-                Some(duration_value(self.history_max_age)),
-            ),
-            ("max_snapshot_bytes", Some(integer(self.max_snapshot_bytes))),
-            ("max_missed_pongs", Some(integer(self.max_missed_pongs))),
-            ("tcp_keepalive", Some(duration_value(self.tcp_keepalive))),
-            (
-                "tcp_keepalive_interval",
-                Some(duration_value(self.tcp_keepalive_interval)),
-            ),
-            (
-                "tcp_keepalive_retries",
-                Some(integer(self.tcp_keepalive_retries)),
-            ),
-            (
-                "tcp_user_timeout",
-                Some(duration_value(self.tcp_user_timeout)),
-            ),
-            ("cluster_nats", {
-                let urls = self.cluster_nats.iter().cloned().map(Value::String);
-                Some(Value::Array(urls.collect()))
-            }),
-            ("node_name", self.node_name.clone().map(Value::String)),
-            ("cluster_expiry", Some(duration_value(self.cluster_expiry))),
-            ("cluster_nats_creds", path(&self.cluster_nats_creds)),
-            ("cluster_nats_ca", path(&self.cluster_nats_ca)),
-            ("cluster_nats_cert", path(&self.cluster_nats_cert)),
-            ("cluster_nats_key", path(&self.cluster_nats_key)),
-            (
-                "cluster_history_max_bytes",
-                Some(integer(self.cluster_history_max_bytes)),
-            ),
-            (
-                "cluster_storage",
-                Some(Value::String(self.cluster_storage.clone())),
-            ),
-            ("cluster_replicas", Some(integer(self.cluster_replicas))),
-        ]
-    }
 }
 
 /// The relay's command line: [`Config`]'s flags and `--config`.
@@ -688,29 +557,6 @@ pub(crate) fn one_line(err: &clap::Error) -> String {
     joined.strip_prefix("error: ").unwrap_or(&joined).to_owned()
 }
 
-fn integer<T: TryInto<i64> + ToString + Copy>(number: T) -> Value {
-    match number.try_into() {
-        Ok(number) => Value::Integer(number),
-        // Beyond i64 (a usize byte count on a 64-bit machine): the flag parses it as text.
-        Err(_) => Value::String(number.to_string()),
-    }
-}
-
-/// A duration as [`parse_duration`] reads it back: `10s`, `60s`, `5m`, `1h`, `1500ms`.
-fn duration_value(duration: Duration) -> Value {
-    let seconds = duration.as_secs();
-    let text = if duration.subsec_nanos() != 0 || seconds == 0 {
-        format!("{}ms", duration.as_millis())
-    } else if seconds % 3600 == 0 {
-        format!("{}h", seconds / 3600)
-    } else if seconds % 60 == 0 && seconds > 60 {
-        format!("{}m", seconds / 60)
-    } else {
-        format!("{seconds}s")
-    };
-    Value::String(text)
-}
-
 /// A cluster node's name: it appears in NATS keys, logs and the status page.
 fn parse_node_name(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
@@ -766,7 +612,9 @@ fn parse_message_size(text: &str) -> Result<usize, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::print::duration_value;
     use super::*;
+    use toml::Value;
 
     #[test]
     fn durations_parse_with_and_without_units() {
