@@ -31,6 +31,8 @@ mod failover;
 mod ha;
 #[path = "cluster/harness.rs"]
 mod harness;
+#[path = "cluster/nats_cluster.rs"]
+mod nats_cluster;
 #[path = "cluster/outage.rs"]
 mod outage;
 #[path = "cluster/recovery.rs"]
