@@ -25,6 +25,12 @@ use crate::session::Session;
 
 const COUNTS_KEY: &str = "instances";
 
+/// How often a registration that found `--max-instances` reached looks again, and the pause
+/// before each new look (times the attempt): racers of a taken name free their slots
+/// within a round trip to NATS.
+const FULL_RETRIES: u32 = 3;
+const FULL_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 /// One registered instance, as `sova_names` holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct NameValue {
@@ -183,7 +189,21 @@ impl Cluster {
             }
             return Ok((key, revision));
         }
-        reserve(&objects.counts, &self.node, self.max_instances).await?;
+        // Racing registrations of one name each hold a slot until their `create` fails, so
+        // near the limit a racer may find it full for a moment: it looks again, and is told
+        // the name is taken if that is what it would be told next.
+        let mut attempt = 0;
+        while let Err(full) = reserve(&objects.counts, &self.node, self.max_instances).await {
+            let taken = objects.names.entry(key.clone()).await.ok().flatten();
+            if taken.is_some_and(|e| e.operation == kv::Operation::Put) {
+                return Err(RegisterError::NameTaken(new.name.clone()));
+            }
+            attempt += 1;
+            if attempt == FULL_RETRIES {
+                return Err(full);
+            }
+            tokio::time::sleep(FULL_RETRY_PAUSE * attempt).await;
+        }
         match objects.names.create(&key, bytes).await {
             Ok(revision) => Ok((key, revision)),
             Err(err) => {
