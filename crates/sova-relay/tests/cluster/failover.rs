@@ -6,34 +6,13 @@ use std::time::{Duration, Instant};
 use sova_relay_protocol::{Message, ResumeRequest};
 use uuid::Uuid;
 
-use crate::harness::{Cluster, EXPIRY};
+use crate::harness::{join, Cluster, EXPIRY};
 use crate::relaying::{payload, read_broadcasts};
 use crate::support::{register_message, TestClient};
 
 /// How long after the kill the survivors may take to tell: the expiry, plus 3 s for the
 /// check interval, the KV watch and a loaded machine.
 const DEAD_NODE_BOUND: Duration = Duration::from_secs(EXPIRY.as_secs() + 3);
-
-/// Registers and expects success; returns the client and the response.
-async fn join(
-    cluster: &Cluster,
-    node: usize,
-    name: &str,
-    token: &str,
-    caps: &[&str],
-) -> (TestClient, Message) {
-    let caps = (!caps.is_empty()).then_some(caps);
-    let (client, response) =
-        TestClient::register_with(cluster.addr(node), name, Some(token), caps).await;
-    assert!(
-        matches!(
-            response,
-            Message::RegistrationResponse { success: true, .. }
-        ),
-        "{name} on node-{node}: {response:?}"
-    );
-    (client, response)
-}
 
 /// Waits for `InstanceConnected` of `name`, past those of others; its id.
 async fn expect_connected(client: &mut TestClient, name: &str) -> Uuid {

@@ -8,8 +8,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sova_relay_protocol::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support::TestClient;
 
 /// Longest wait for something that must happen (a process starting, a node reconnecting).
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -440,4 +443,25 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     Ok((code, body.to_owned()))
+}
+
+/// Registers and expects success; returns the client and the response.
+pub async fn join(
+    cluster: &Cluster,
+    node: usize,
+    name: &str,
+    token: &str,
+    caps: &[&str],
+) -> (TestClient, Message) {
+    let caps = (!caps.is_empty()).then_some(caps);
+    let (client, response) =
+        TestClient::register_with(cluster.addr(node), name, Some(token), caps).await;
+    assert!(
+        matches!(
+            response,
+            Message::RegistrationResponse { success: true, .. }
+        ),
+        "{name} on node-{node}: {response:?}"
+    );
+    (client, response)
 }

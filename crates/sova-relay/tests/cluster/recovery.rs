@@ -14,30 +14,9 @@ use sha2::{Digest, Sha256};
 use sova_relay_protocol::{Message, ResumeRequest};
 use uuid::Uuid;
 
-use crate::harness::{Cluster, EXPIRY, WAIT};
+use crate::harness::{join, Cluster, EXPIRY, WAIT};
 use crate::relaying::{payload, read_broadcasts};
 use crate::support::{assert_broadcast, register_message, TestClient};
-
-/// Registers and expects success; returns the client and the response.
-async fn join(
-    cluster: &Cluster,
-    node: usize,
-    name: &str,
-    token: &str,
-    caps: &[&str],
-) -> (TestClient, Message) {
-    let caps = (!caps.is_empty()).then_some(caps);
-    let (client, response) =
-        TestClient::register_with(cluster.addr(node), name, Some(token), caps).await;
-    assert!(
-        matches!(
-            response,
-            Message::RegistrationResponse { success: true, .. }
-        ),
-        "{name} on node-{node}: {response:?}"
-    );
-    (client, response)
-}
 
 /// Expects the very next message to be `InstanceConnected` of `name`; its id.
 async fn next_is_connected(client: &mut TestClient, name: &str) -> Uuid {
