@@ -8,6 +8,7 @@
 
 mod feed;
 mod names;
+mod view;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -28,7 +29,8 @@ use crate::registry::Registry;
 use crate::session::Session;
 use crate::Config;
 
-pub(crate) use names::{Claim, RemoteInstance};
+pub(crate) use names::Claim;
+pub(crate) use view::RemoteInstance;
 
 const UPDATES_STREAM: &str = "SOVA_UPDATES";
 const SNAPSHOTS_STREAM: &str = "SOVA_SNAPSHOTS";
@@ -70,7 +72,7 @@ pub(crate) struct Cluster {
     /// Whether the view follows `sova_names` (registrations wait for it, so that
     /// `current_instances` and presence are complete).
     watching: AtomicBool,
-    view: Mutex<names::View>,
+    view: Mutex<view::View>,
     /// Registrations between claiming a slot and joining the registry.
     in_flight: AtomicUsize,
     acks: mpsc::Sender<PendingAck>,
@@ -175,7 +177,7 @@ impl Cluster {
             connected_since: Mutex::new(None),
             connected: AtomicBool::new(false),
             watching: AtomicBool::new(false),
-            view: Mutex::new(names::View::default()),
+            view: Mutex::new(view::View::default()),
             in_flight: AtomicUsize::new(0),
             acks,
             acks_rx: Mutex::new(Some(acks_rx)),
@@ -203,7 +205,7 @@ impl Cluster {
             tracker.spawn(feed::check_acks(self.clone(), acks_rx, shutdown.clone()));
         }
         tracker.spawn(supervise(self.clone(), registry.clone(), shutdown.clone()));
-        tracker.spawn(names::watch(
+        tracker.spawn(view::watch(
             self.clone(),
             registry.clone(),
             shutdown.clone(),

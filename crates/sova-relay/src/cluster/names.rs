@@ -1,25 +1,20 @@
-//! Who is registered across the cluster: names claimed atomically in `sova_names`, the
-//! instance count in `sova_counts`, which nodes are alive (`sova_nodes`), and the view each
-//! node keeps of the others' instances (from a watch), which tells its own members who
-//! joined and left elsewhere.
+//! Registering across the cluster: names claimed atomically in `sova_names` (or taken over
+//! by a resuming client), slots of `--max-instances` in `sova_counts`, and their release.
+//! What the other nodes hold is `view.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sova_relay_protocol::{encode_frame, InstanceInfo, Message};
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::{hex, lock, Cluster, REGISTRATION_WAIT};
-use crate::reason::DisconnectReason;
 use crate::registry::{NewMember, RegisterError, Registration, Registry};
 use crate::session::Session;
 
@@ -33,67 +28,18 @@ const FULL_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// One registered instance, as `sova_names` holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct NameValue {
-    id: Uuid,
-    name: String,
-    version: String,
-    node: String,
-    incarnation: String,
-    connected_at_ms: u64,
+pub(super) struct NameValue {
+    pub(super) id: Uuid,
+    pub(super) name: String,
+    pub(super) version: String,
+    pub(super) node: String,
+    pub(super) incarnation: String,
+    pub(super) connected_at_ms: u64,
     /// Its session's label (what the status pages show: never the token).
     #[serde(default)]
-    session_label: String,
+    pub(super) session_label: String,
     /// SHA-256 of its resume secret (hex): another node checks a resuming client with it.
-    secret_sha256: Option<String>,
-}
-
-/// An instance registered on another node.
-#[derive(Debug, Clone)]
-pub(crate) struct RemoteInstance {
-    pub(crate) id: Uuid,
-    pub(crate) name: String,
-    pub(crate) version: String,
-    pub(crate) node: String,
-    pub(crate) session_label: String,
-    pub(crate) connected_at: SystemTime,
-}
-
-impl RemoteInstance {
-    pub(crate) fn info(&self) -> InstanceInfo {
-        InstanceInfo {
-            id: self.id,
-            name: self.name.clone(),
-            version: self.version.clone(),
-            connected_at: self.connected_at,
-            last_activity: self.connected_at,
-        }
-    }
-}
-
-struct Remote {
-    revision: u64,
-    value: NameValue,
-}
-
-/// What this node knows of the rest of the cluster.
-#[derive(Default)]
-pub(crate) struct View {
-    /// Other nodes' instances, by session key then name key.
-    sessions: HashMap<String, HashMap<String, Remote>>,
-    /// Nodes by name: incarnation and when NATS last stored its heartbeat.
-    heartbeats: HashMap<String, (String, SystemTime)>,
-    /// When this node last saw its own heartbeat come back from NATS, and since when it
-    /// has seen them without a gap (the others' beats resume a little after ours).
-    own_beat_seen: Option<Instant>,
-    own_beats_since: Option<Instant>,
-    /// Names of the nodes alive at the last sweep (this one included).
-    pub(crate) live_nodes: Vec<String>,
-}
-
-impl View {
-    pub(crate) fn remote_count(&self) -> usize {
-        self.sessions.values().map(HashMap::len).sum()
-    }
+    pub(super) secret_sha256: Option<String>,
 }
 
 impl Cluster {
@@ -256,173 +202,8 @@ impl Cluster {
         }
     }
 
-    /// Every instance registered on other nodes, with its session's cluster key.
-    pub(crate) fn all_remote_instances(&self) -> Vec<(String, RemoteInstance)> {
-        let view = lock(&self.view);
-        view.sessions
-            .iter()
-            .flat_map(|(key, entries)| {
-                entries
-                    .values()
-                    .map(|r| (key.clone(), remote_instance(&r.value)))
-            })
-            .collect()
-    }
-
-    /// The instances of a session registered on other nodes.
-    pub(crate) fn remote_instances(&self, session: &str) -> Vec<RemoteInstance> {
-        let view = lock(&self.view);
-        view.sessions
-            .get(session)
-            .map(|entries| {
-                entries
-                    .values()
-                    .map(|r| remote_instance(&r.value))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Applies one change of `sova_names` to the view, and tells this node's members.
-    fn apply(self: &Arc<Self>, registry: &Registry, entry: kv::Entry) {
-        debug!(key = %entry.key, revision = entry.revision, operation = ?entry.operation, "Cluster: registry change");
-        let Some((session_key, _)) = entry.key.split_once('.') else {
-            return;
-        };
-        let session_key = session_key.to_owned();
-        let session = registry.session_by_key(&session_key);
-        match entry.operation {
-            kv::Operation::Put => {
-                let Ok(value) = serde_json::from_slice::<NameValue>(&entry.value) else {
-                    warn!(key = %entry.key, "Cluster: unreadable entry in sova_names ignored");
-                    return;
-                };
-                let own = value.node == self.node && value.incarnation == self.incarnation;
-                let previous = {
-                    let mut view = lock(&self.view);
-                    let entries = view.sessions.entry(session_key.clone()).or_default();
-                    let previous = entries.remove(&entry.key);
-                    if !own {
-                        entries.insert(
-                            entry.key.clone(),
-                            Remote {
-                                revision: entry.revision,
-                                value: value.clone(),
-                            },
-                        );
-                    }
-                    if entries.is_empty() {
-                        view.sessions.remove(&session_key);
-                    }
-                    previous
-                };
-                let Some(session) = session else {
-                    return;
-                };
-                let is_new = previous.as_ref().is_none_or(|p| p.value.id != value.id);
-                if let Some(previous) = previous.filter(|p| p.value.id != value.id) {
-                    tell_left(&session, &previous.value, Some(value.id));
-                }
-                if own {
-                    return;
-                }
-                // This node's holder of the name goes: replaced by its own resumed
-                // connection elsewhere (same secret), or the name was claimed elsewhere
-                // while this node was cut off.
-                for member in session.members().iter() {
-                    if member.name == value.name && member.id != value.id {
-                        let resumed = match (&member.resume_secret, &value.secret_sha256) {
-                            (Some(secret), Some(issued)) => {
-                                let ours = hex(&Sha256::digest(secret.as_bytes()));
-                                bool::from(ours.as_bytes().ct_eq(issued.as_bytes()))
-                            }
-                            _ => false,
-                        };
-                        member.outbox.request_close(if resumed {
-                            DisconnectReason::Superseded
-                        } else {
-                            DisconnectReason::Rejected(claimed_elsewhere(&member.name))
-                        });
-                    }
-                }
-                if is_new {
-                    tell_joined(&session, &value);
-                }
-            }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                let previous = {
-                    let mut view = lock(&self.view);
-                    let previous = view
-                        .sessions
-                        .get_mut(&session_key)
-                        .and_then(|entries| entries.remove(&entry.key));
-                    if view
-                        .sessions
-                        .get(&session_key)
-                        .is_some_and(HashMap::is_empty)
-                    {
-                        view.sessions.remove(&session_key);
-                    }
-                    previous
-                };
-                let Some(session) = session else {
-                    return;
-                };
-                match previous {
-                    Some(previous) => tell_left(&session, &previous.value, None),
-                    None => self.reclaim_if_live(&session, &entry.key),
-                }
-            }
-        }
-    }
-
-    /// One of this node's live instances lost its entry (another node judged this one dead
-    /// while it was cut off from NATS): claims the name again, or closes the instance if
-    /// someone else took it meanwhile.
-    fn reclaim_if_live(self: &Arc<Self>, session: &Session, key: &str) {
-        let Some(member) = session
-            .members()
-            .iter()
-            .find(|m| name_key(&session.cluster_key, &m.name) == key)
-            .cloned()
-        else {
-            return;
-        };
-        let Some(objects) = self.objects() else {
-            return;
-        };
-        let value = self.name_value(
-            member.id,
-            (&member.name, &member.version, &session.label),
-            member
-                .connected_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
-            member.resume_secret.as_deref(),
-        );
-        let key = key.to_owned();
-        let cluster = self.clone();
-        tokio::spawn(async move {
-            let Ok(bytes) = serde_json::to_vec(&value) else {
-                return;
-            };
-            match objects.names.create(&key, bytes.into()).await {
-                Ok(_) => {
-                    info!(instance = %member.name, "Cluster: name claimed again after this node was cut off");
-                    let _ = add_count(&objects.counts, &cluster.node, 1).await;
-                }
-                Err(err) => {
-                    warn!(instance = %member.name, error = %err, "Cluster: the name was claimed elsewhere while this node was cut off; closing");
-                    member
-                        .outbox
-                        .request_close(DisconnectReason::Rejected(claimed_elsewhere(&member.name)));
-                }
-            }
-        });
-    }
-
     /// This node's entry for an instance: `(name, version, session label)`.
-    fn name_value(
+    pub(super) fn name_value(
         &self,
         id: Uuid,
         (name, version, session_label): (&str, &str, &str),
@@ -440,192 +221,16 @@ impl Cluster {
             secret_sha256: secret.map(|s| hex(&Sha256::digest(s.as_bytes()))),
         }
     }
-
-    /// After (re)starting the watch: the entries of the view that are no longer in the
-    /// bucket left meanwhile.
-    fn forget_unseen(&self, registry: &Registry, seen: &HashSet<String>) {
-        let gone: Vec<(String, NameValue)> = {
-            let mut view = lock(&self.view);
-            let mut gone = Vec::new();
-            for (session_key, entries) in view.sessions.iter_mut() {
-                entries.retain(|key, remote| {
-                    let keep = seen.contains(key);
-                    if !keep {
-                        gone.push((session_key.clone(), remote.value.clone()));
-                    }
-                    keep
-                });
-            }
-            view.sessions.retain(|_, entries| !entries.is_empty());
-            gone
-        };
-        for (session_key, value) in gone {
-            if let Some(session) = registry.session_by_key(&session_key) {
-                tell_left(&session, &value, None);
-            }
-        }
-    }
-
-    fn apply_heartbeat(&self, entry: kv::Entry) {
-        let mut view = lock(&self.view);
-        match entry.operation {
-            kv::Operation::Put => {
-                let incarnation = serde_json::from_slice::<serde_json::Value>(&entry.value)
-                    .ok()
-                    .and_then(|v| v.get("incarnation")?.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let at = UNIX_EPOCH
-                    + Duration::from_nanos(
-                        u64::try_from(entry.created.unix_timestamp_nanos()).unwrap_or(0),
-                    );
-                if entry.key == self.node && incarnation == self.incarnation {
-                    let now = Instant::now();
-                    let gap = view
-                        .own_beat_seen
-                        .is_none_or(|seen| seen.elapsed() > self.expiry / 2);
-                    if gap {
-                        view.own_beats_since = Some(now);
-                    }
-                    view.own_beat_seen = Some(now);
-                }
-                view.heartbeats.insert(entry.key, (incarnation, at));
-            }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                view.heartbeats.remove(&entry.key);
-            }
-        }
-    }
-
-    /// Frees the names of nodes whose heartbeat expired (or who said goodbye), once this
-    /// node has itself been connected long enough to have seen every live node's beat.
-    pub(super) async fn sweep_dead_nodes(&self, _registry: &Registry) -> anyhow::Result<()> {
-        let Some(objects) = self.objects() else {
-            return Ok(());
-        };
-        let now = SystemTime::now();
-        let (dead_entries, live) = {
-            let mut view = lock(&self.view);
-            // Judged against this node's own latest beat as NATS stored it, not the clock:
-            // while NATS takes no beats (a server lost, a leader being elected) ours stop
-            // too, and nobody is declared dead for NATS's silence.
-            let own_beat = view
-                .heartbeats
-                .get(&self.node)
-                .filter(|(incarnation, _)| *incarnation == self.incarnation)
-                .map(|(_, at)| *at);
-            // Fresh: seen come back recently (by this node's monotonic clock, so a skew
-            // between its clock and NATS's does not matter).
-            let own_beat_fresh = view
-                .own_beat_seen
-                .is_some_and(|seen| seen.elapsed() <= self.expiry / 2);
-            // …and steadily for an expiry: every live node has beaten since.
-            let own_beats_steady = view
-                .own_beats_since
-                .is_some_and(|since| since.elapsed() >= self.expiry);
-            let reference = own_beat.filter(|_| own_beat_fresh).unwrap_or(now);
-            let alive =
-                |at: &SystemTime| reference.duration_since(*at).unwrap_or_default() <= self.expiry;
-            let live: HashMap<String, String> = view
-                .heartbeats
-                .iter()
-                .filter(|(_, (_, at))| alive(at))
-                .map(|(node, (incarnation, _))| (node.clone(), incarnation.clone()))
-                .collect();
-            let mut names: Vec<String> = live.keys().cloned().collect();
-            if !names.contains(&self.node) {
-                names.push(self.node.clone());
-            }
-            names.sort();
-            view.live_nodes = names;
-            let settled = lock(&self.connected_since)
-                .is_some_and(|since: Instant| since.elapsed() >= self.expiry);
-            if !settled || !own_beat_fresh || !own_beats_steady {
-                return Ok(());
-            }
-            let is_live = |value: &NameValue| {
-                (value.node == self.node && value.incarnation == self.incarnation)
-                    || live.get(&value.node) == Some(&value.incarnation)
-            };
-            let dead_entries: Vec<(String, u64, String)> = view
-                .sessions
-                .values()
-                .flat_map(|entries| entries.iter())
-                .filter(|(_, remote)| !is_live(&remote.value))
-                .map(|(key, remote)| (key.clone(), remote.revision, remote.value.node.clone()))
-                .collect();
-            (dead_entries, live)
-        };
-        for (key, revision, node) in dead_entries {
-            // Whichever node gets here first deletes it; the others' revision is stale.
-            if objects
-                .names
-                .delete_expect_revision(&key, Some(revision))
-                .await
-                .is_ok()
-            {
-                info!(%key, %node, "Cluster: freed a name held by a dead node");
-            }
-        }
-        // The slots of --max-instances that dead nodes held.
-        let (counts, _) = read_counts(&objects.counts).await?;
-        for node in counts.keys() {
-            if *node == self.node || live.contains_key(node) {
-                continue;
-            }
-            if set_count(&objects.counts, node, None).await? {
-                warn!(%node, "Cluster: node declared dead; its instances were released");
-                crate::metrics::cluster_dead_node();
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The key of a name in `sova_names`: the session's key, then the name in hex (any
 /// character may be in a name, not in a key).
-fn name_key(session_key: &str, name: &str) -> String {
+pub(super) fn name_key(session_key: &str, name: &str) -> String {
     format!("{session_key}.{}", hex(name.as_bytes()))
 }
 
-fn claimed_elsewhere(name: &str) -> String {
+pub(super) fn claimed_elsewhere(name: &str) -> String {
     format!("Instance name '{name}' was claimed on another node")
-}
-
-/// Tells this node's members that an instance of another node left.
-fn tell_left(session: &Session, left: &NameValue, except: Option<Uuid>) {
-    let frame = encode_frame(&Message::InstanceDisconnected {
-        instance_id: left.id,
-        instance_name: left.name.clone(),
-    });
-    for member in session.members().iter() {
-        if Some(member.id) != except && member.id != left.id {
-            member.outbox.deliver(frame.clone());
-        }
-    }
-}
-
-/// Tells this node's `presence` members that an instance joined on another node.
-fn tell_joined(session: &Session, joined: &NameValue) {
-    let frame = encode_frame(&Message::InstanceConnected {
-        instance_id: joined.id,
-        instance_name: joined.name.clone(),
-    });
-    for member in session.members().iter().filter(|m| m.presence) {
-        if member.id != joined.id {
-            member.outbox.deliver(frame.clone());
-        }
-    }
-}
-
-fn remote_instance(value: &NameValue) -> RemoteInstance {
-    RemoteInstance {
-        id: value.id,
-        name: value.name.clone(),
-        version: value.version.clone(),
-        node: value.node.clone(),
-        session_label: value.session_label.clone(),
-        connected_at: UNIX_EPOCH + Duration::from_millis(value.connected_at_ms),
-    }
 }
 
 /// Whether `new` presents the resume secret of the instance holding the name.
@@ -659,7 +264,7 @@ async fn reserve(counts: &kv::Store, node: &str, max: usize) -> Result<(), Regis
 }
 
 /// Adds `delta` to this node's count (no limit: a resume or a release).
-async fn add_count(counts: &kv::Store, node: &str, delta: i64) -> anyhow::Result<()> {
+pub(super) async fn add_count(counts: &kv::Store, node: &str, delta: i64) -> anyhow::Result<()> {
     loop {
         let (mut map, revision) = read_counts(counts).await?;
         let count = map.entry(node.to_owned()).or_default();
@@ -692,7 +297,9 @@ pub(super) async fn set_count(
     }
 }
 
-async fn read_counts(counts: &kv::Store) -> anyhow::Result<(HashMap<String, usize>, Option<u64>)> {
+pub(super) async fn read_counts(
+    counts: &kv::Store,
+) -> anyhow::Result<(HashMap<String, usize>, Option<u64>)> {
     let entry = counts.entry(COUNTS_KEY).await?;
     match entry.filter(|e| e.operation == kv::Operation::Put) {
         Some(entry) => Ok((serde_json::from_slice(&entry.value)?, Some(entry.revision))),
@@ -718,70 +325,6 @@ async fn write_counts(
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
             Err(err) => Err(err.into()),
         },
-    }
-}
-
-/// Follows `sova_names` and `sova_nodes` for as long as the relay runs.
-pub(super) async fn watch(
-    cluster: Arc<Cluster>,
-    registry: Arc<Registry>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let Some(objects) = cluster.objects() else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-            }
-        };
-        // Every key's current value first, then each change.
-        let watches = async {
-            let names = objects.names.watch_with_history(">").await?;
-            let nodes = objects.nodes.watch_with_history(">").await?;
-            anyhow::Ok((names, nodes))
-        };
-        let mut current: Option<HashSet<String>> = Some(HashSet::new());
-        let (mut names, mut nodes) = match watches.await {
-            Ok(watches) => watches,
-            Err(err) => {
-                warn!(error = %err, "Cluster: cannot watch the registry yet");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                // The buckets were recreated (NATS lost them): their revisions start again,
-                // which a running watch would skip. Watch afresh; what is gone is forgotten.
-                _ = cluster.rewatch.notified() => break,
-                entry = names.next() => match entry {
-                    Some(Ok(entry)) => {
-                        let caught_up = entry.delta == 0;
-                        if let Some(seen) = &mut current {
-                            seen.insert(entry.key.clone());
-                        }
-                        cluster.apply(&registry, entry);
-                        if caught_up {
-                            if let Some(seen) = current.take() {
-                                // Whatever left while this node was not watching.
-                                cluster.forget_unseen(&registry, &seen);
-                                cluster.watching.store(true, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Some(Err(err)) => { warn!(error = %err, "Cluster: registry watch failed; restarting it"); break }
-                    None => break,
-                },
-                entry = nodes.next() => match entry {
-                    Some(Ok(entry)) => cluster.apply_heartbeat(entry),
-                    Some(Err(err)) => { warn!(error = %err, "Cluster: node watch failed; restarting it"); break }
-                    None => break,
-                },
-            }
-        }
     }
 }
 
