@@ -187,9 +187,9 @@ pub(crate) fn set_cluster_population(nodes: usize, remote_instances: usize) {
     gauge!("sova_cluster_remote_instances").set(remote_instances as f64);
 }
 
-/// An update published to the cluster's stream.
-pub(crate) fn cluster_published() {
-    counter!("sova_cluster_published_total").increment(1);
+/// Updates published to the cluster's stream: a handle, looked up once (one per update).
+pub(crate) fn cluster_published() -> Counter {
+    counter!("sova_cluster_published_total")
 }
 
 /// An update or snapshot NATS did not take: other nodes may miss it.

@@ -66,7 +66,7 @@ impl Cluster {
         let body = Bytes::copy_from_slice(pending.body());
         match self.js.publish_with_headers(subject, headers, body).await {
             Ok(ack) => {
-                crate::metrics::cluster_published();
+                self.published.increment(1);
                 source.published.fetch_add(1, Ordering::Relaxed);
                 // Waits only when 16 Ki acknowledgements are outstanding.
                 let _ = self.acks.send((Arc::downgrade(session), ack)).await;

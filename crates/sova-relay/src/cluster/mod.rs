@@ -80,6 +80,8 @@ pub(crate) struct Cluster {
     /// Bumped each time the client (re)connects to a NATS server: session feeds restart.
     pub(crate) reconnections: Arc<tokio::sync::watch::Sender<u64>>,
     pub(crate) stats: Arc<Stats>,
+    /// `sova_cluster_published_total`, bumped once per update.
+    published: metrics::Counter,
     /// Set when this node cannot be part of the cluster (its name is a live node's): the
     /// relay stops with this error.
     fatal: Mutex<Option<String>>,
@@ -90,6 +92,9 @@ pub(crate) struct Cluster {
     tracker: std::sync::OnceLock<tokio_util::task::TaskTracker>,
     /// Name entries whose release failed (NATS away): retried at each heartbeat.
     unreleased: Mutex<Vec<(String, Uuid)>>,
+    /// Instances of this node whose registration ended and whose name is being released:
+    /// a new registration of the name may take their entry over at once.
+    leaving: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 /// An acknowledgement to await, and the session the update went to (none: a snapshot).
@@ -183,7 +188,9 @@ impl Cluster {
             acks_rx: Mutex::new(Some(acks_rx)),
             reconnections,
             stats,
+            published: crate::metrics::cluster_published(),
             unreleased: Mutex::new(Vec::new()),
+            leaving: Mutex::new(std::collections::HashSet::new()),
             fatal: Mutex::new(None),
             rewatch: tokio::sync::Notify::new(),
             tracker: std::sync::OnceLock::new(),
@@ -297,6 +304,7 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_beat: Option<Instant> = None;
     let mut failing = Failing::default();
+    let mut history_unchecked = false;
     let mut reconnected = cluster.reconnections.subscribe();
     loop {
         tokio::select! {
@@ -312,9 +320,7 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
                 info!("Cluster: connected to NATS");
                 *lock(&cluster.connected_since) = Some(Instant::now());
                 last_beat = None;
-                if cluster.objects().is_some() {
-                    cluster.check_history_survived(&registry).await;
-                }
+                history_unchecked = cluster.objects().is_some();
             } else {
                 warn!("Cluster: NATS unreachable; serving this node's instances only");
                 *lock(&cluster.connected_since) = None;
@@ -325,6 +331,13 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
         crate::metrics::set_cluster_population(overview.nodes.len(), overview.remote_instances);
         if !connected {
             continue;
+        }
+        // Right after a reconnection JetStream may not answer yet: checked until it does.
+        if history_unchecked {
+            match cluster.check_history_survived(&registry).await {
+                Ok(()) => history_unchecked = false,
+                Err(err) => failing.report("checking the streams after reconnecting", &err),
+            }
         }
         if cluster.objects().is_none() {
             match cluster.set_up().await {
@@ -457,12 +470,9 @@ impl Cluster {
     /// After NATS came back: if it lost the update stream (memory storage, a wiped store),
     /// the stream is recreated with a new epoch and every `seq` this node handed out means
     /// nothing any more, so its instances are closed and reconnect from scratch.
-    async fn check_history_survived(&self, registry: &Registry) {
+    async fn check_history_survived(&self, registry: &Registry) -> anyhow::Result<()> {
         let before = self.epoch();
-        if let Err(err) = self.set_up().await {
-            warn!(error = %format!("{err:#}"), "Cluster: cannot check the streams after reconnecting");
-            return;
-        }
+        self.set_up().await?;
         self.publish_objects();
         if self.epoch() != before {
             self.rewatch.notify_one();
@@ -474,6 +484,7 @@ impl Cluster {
                 "Cluster: NATS lost the update stream; this node's instances must reconnect"
             );
         }
+        Ok(())
     }
 
     /// Makes the objects prepared by `set_up` the ones in use: cluster service starts.

@@ -116,10 +116,12 @@ impl Cluster {
                 ))
             });
         if let Some((revision, holder)) = holder {
-            // This node's own entry whose instance just left (its release is on its way).
+            // This node's own entry whose instance has left (its release is on its way).
+            // Only that: an entry a concurrent registration here has just created is not
+            // in the session yet either, and must not be taken over.
             let left_here = holder.node == self.node
                 && holder.incarnation == self.incarnation
-                && !session.members().iter().any(|m| m.id == holder.id);
+                && lock(&self.leaving).contains(&holder.id);
             if !left_here && !presents_secret_of(new, &holder) {
                 return Err(RegisterError::NameTaken(new.name.clone()));
             }
@@ -167,6 +169,7 @@ impl Cluster {
     /// Frees a name this node claimed for instance `id`, unless another node has taken it
     /// over since; retried at the next heartbeat when NATS does not answer.
     pub(super) async fn release(&self, key: String, id: Uuid) {
+        lock(&self.leaving).insert(id);
         let Some(objects) = self.objects() else {
             lock(&self.unreleased).push((key, id));
             return;
@@ -192,9 +195,12 @@ impl Cluster {
         };
         match tokio::time::timeout(REGISTRATION_WAIT, released).await {
             Ok(Some(true)) => {
+                lock(&self.leaving).remove(&id);
                 let _ = add_count(&objects.counts, &self.node, -1).await;
             }
-            Ok(Some(false)) => {}
+            Ok(Some(false)) => {
+                lock(&self.leaving).remove(&id);
+            }
             Ok(None) | Err(_) => {
                 debug!(%key, "Cluster: releasing a name failed; retrying at the next heartbeat");
                 lock(&self.unreleased).push((key, id));
@@ -340,6 +346,8 @@ impl Drop for Claim {
         let cluster = self.cluster.clone();
         let key = std::mem::take(&mut self.key);
         let id = self.id;
+        // At once, not when the release task runs: from now on the name may be re-registered.
+        lock(&cluster.leaving).insert(id);
         let release = async move { cluster.release(key, id).await };
         // Tracked, so a relay shutting down frees its names before it exits.
         match self.cluster.tracker.get() {
