@@ -108,6 +108,14 @@ pub(crate) async fn serve(
     inbound.set_max_message_size(connection.shared.config.max_message_size);
     let reason = connection.relay(&mut inbound, &registration).await;
     connection.report_departure(&registration, &reason);
+    if let Some(cluster) = &connection.shared.registry.cluster {
+        // Its last updates reach the others (here too) through the cluster's stream: they
+        // must be there before anyone hears that it left.
+        let member = &registration.member;
+        if !Box::pin(cluster.wait_sequenced(member)).await {
+            warn!(instance = %member.name, "Cluster: the instance's last updates did not come back from the stream before it left");
+        }
+    }
     drop(registration);
     // After a kill the writer has already stopped and said what it could.
     connection.outbox.finish(Some(reason));
@@ -525,7 +533,9 @@ impl Connection {
             // "Every update I sent before this message": in a cluster, they must first come
             // back from the stream with their seq.
             if let Some(cluster) = &self.shared.registry.cluster {
-                Box::pin(cluster.wait_sequenced(member)).await;
+                if !Box::pin(cluster.wait_sequenced(member)).await {
+                    warn!(instance = %member.name, "Cluster: the instance's updates did not all come back from the stream; its snapshot may repeat some");
+                }
             }
             match registration.session.publish_snapshot(member, seq, data) {
                 Ok(published) => {

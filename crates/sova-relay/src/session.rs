@@ -3,12 +3,12 @@
 //! orders all of it, so every member sees the session's broadcasts in `seq` order; sessions
 //! never contend with each other.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
@@ -59,6 +59,24 @@ struct Feed {
     /// The highest stream sequence NATS acknowledged for this node's publishes here: the
     /// feed is stalled if it stays behind it.
     acked: AtomicU64,
+    /// Told each time `last_seq` moves.
+    advanced: Notify,
+    /// Notices about other nodes' instances held while the same instance's departure
+    /// waits (see `cluster::notices`).
+    held_notices: Mutex<HashMap<Uuid, Vec<RemoteNotice>>>,
+}
+
+/// What this node's members are told of an instance of another node.
+pub(crate) struct RemoteNotice {
+    pub(crate) instance: Uuid,
+    /// `InstanceConnected` (to `presence` members) or `InstanceDisconnected` (to all).
+    pub(crate) frame: Bytes,
+    pub(crate) departure: bool,
+    /// The members when the change was seen: those who joined later learnt the instance's
+    /// state from their `current_instances`.
+    pub(crate) recipients: Arc<[Arc<Member>]>,
+    /// A member not told (the instance that took the name over).
+    pub(crate) except: Option<Uuid>,
 }
 
 /// What the session lock guards.
@@ -134,6 +152,8 @@ impl Session {
                     closed: CancellationToken::new(),
                     ready: watch::Sender::new(false),
                     acked: AtomicU64::new(0),
+                    advanced: Notify::new(),
+                    held_notices: Mutex::new(HashMap::new()),
                 })
             }),
         }
@@ -178,6 +198,36 @@ impl Session {
         self.lock().last_seq
     }
 
+    /// Waits until the broadcast `seq` (or a later one) was delivered here.
+    pub(crate) async fn wait_delivered(&self, seq: u64) {
+        let Some(feed) = &self.feed else {
+            return;
+        };
+        loop {
+            let advanced = feed.advanced.notified();
+            if self.last_seq() >= seq {
+                return;
+            }
+            advanced.await;
+        }
+    }
+
+    /// The notices held while departures wait (empty for a local session).
+    pub(crate) fn held_notices(&self) -> Option<MutexGuard<'_, HashMap<Uuid, Vec<RemoteNotice>>>> {
+        let feed = self.feed.as_ref()?;
+        Some(
+            feed.held_notices
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn advanced(&self) {
+        if let Some(feed) = &self.feed {
+            feed.advanced.notify_waiters();
+        }
+    }
+
     /// Before the cluster feed replays what the stream holds: everything after `seq` is
     /// still there.
     pub(crate) fn set_floor(&self, seq: u64) {
@@ -206,6 +256,7 @@ impl Session {
             state.floor = state.floor.max(position);
         }
         drop(state);
+        self.advanced();
         if let Some(feed) = &self.feed {
             feed.ready.send_replace(true);
         }
@@ -269,6 +320,8 @@ impl Session {
                 delivered += 1;
             }
         }
+        drop(state);
+        self.advanced();
         (delivered, frame.len())
     }
 

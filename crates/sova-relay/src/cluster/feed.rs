@@ -81,8 +81,9 @@ impl Cluster {
     }
 
     /// Waits until every update `member` published has come back from the stream, so its
-    /// `last_sent_seq` covers all of them (bounded: an update NATS lost never comes back).
-    pub(crate) async fn wait_sequenced(&self, member: &Member) {
+    /// `last_sent_seq` covers all of them. False if some did not within `SEQUENCED_WAIT`
+    /// (an update NATS lost never comes back).
+    pub(crate) async fn wait_sequenced(&self, member: &Member) -> bool {
         let published = member.published.load(Ordering::Relaxed);
         let caught_up = async {
             loop {
@@ -93,12 +94,9 @@ impl Cluster {
                 changed.await;
             }
         };
-        if tokio::time::timeout(SEQUENCED_WAIT, caught_up)
+        tokio::time::timeout(SEQUENCED_WAIT, caught_up)
             .await
-            .is_err()
-        {
-            warn!(instance = %member.name, "Cluster: the instance's updates did not all come back from the stream; its snapshot may repeat some");
-        }
+            .is_ok()
     }
 
     /// Shares a snapshot a local instance published with the other nodes.

@@ -8,6 +8,7 @@
 
 mod feed;
 mod names;
+mod notices;
 mod view;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

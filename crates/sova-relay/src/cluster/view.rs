@@ -20,7 +20,7 @@ use super::names::{add_count, claimed_elsewhere, name_key, read_counts, set_coun
 use super::{hex, lock, Cluster};
 use crate::reason::DisconnectReason;
 use crate::registry::Registry;
-use crate::session::Session;
+use crate::session::{RemoteNotice, Session};
 
 /// An instance registered on another node.
 #[derive(Debug, Clone)]
@@ -137,7 +137,7 @@ impl Cluster {
                 };
                 let is_new = previous.as_ref().is_none_or(|p| p.value.id != value.id);
                 if let Some(previous) = previous.filter(|p| p.value.id != value.id) {
-                    tell_left(&session, &previous.value, Some(value.id));
+                    self.tell_left(&session, &previous.value, Some(value.id));
                 }
                 if own {
                     return;
@@ -162,7 +162,7 @@ impl Cluster {
                     }
                 }
                 if is_new {
-                    tell_joined(&session, &value);
+                    self.tell_joined(&session, &value);
                 }
             }
             kv::Operation::Delete | kv::Operation::Purge => {
@@ -185,7 +185,7 @@ impl Cluster {
                     return;
                 };
                 match previous {
-                    Some(previous) => tell_left(&session, &previous.value, None),
+                    Some(previous) => self.tell_left(&session, &previous.value, None),
                     None => self.reclaim_if_live(&session, &entry.key),
                 }
             }
@@ -239,7 +239,7 @@ impl Cluster {
 
     /// After (re)starting the watch: the entries of the view that are no longer in the
     /// bucket left meanwhile.
-    fn forget_unseen(&self, registry: &Registry, seen: &HashSet<String>) {
+    fn forget_unseen(self: &Arc<Self>, registry: &Registry, seen: &HashSet<String>) {
         let gone: Vec<(String, NameValue)> = {
             let mut view = lock(&self.view);
             let mut gone = Vec::new();
@@ -257,7 +257,7 @@ impl Cluster {
         };
         for (session_key, value) in gone {
             if let Some(session) = registry.session_by_key(&session_key) {
-                tell_left(&session, &value, None);
+                self.tell_left(&session, &value, None);
             }
         }
     }
@@ -377,29 +377,42 @@ impl Cluster {
     }
 }
 
-/// Tells this node's members that an instance of another node left.
-fn tell_left(session: &Session, left: &NameValue, except: Option<Uuid>) {
-    let frame = encode_frame(&Message::InstanceDisconnected {
-        instance_id: left.id,
-        instance_name: left.name.clone(),
-    });
-    for member in session.members().iter() {
-        if Some(member.id) != except && member.id != left.id {
-            member.outbox.deliver(frame.clone());
-        }
+impl Cluster {
+    /// Tells this node's members that an instance of another node left (once its last
+    /// updates reached them: see `notices`).
+    fn tell_left(self: &Arc<Self>, session: &Arc<Session>, left: &NameValue, except: Option<Uuid>) {
+        let frame = encode_frame(&Message::InstanceDisconnected {
+            instance_id: left.id,
+            instance_name: left.name.clone(),
+        });
+        self.notify(
+            session,
+            RemoteNotice {
+                instance: left.id,
+                frame,
+                departure: true,
+                recipients: session.members(),
+                except,
+            },
+        );
     }
-}
 
-/// Tells this node's `presence` members that an instance joined on another node.
-fn tell_joined(session: &Session, joined: &NameValue) {
-    let frame = encode_frame(&Message::InstanceConnected {
-        instance_id: joined.id,
-        instance_name: joined.name.clone(),
-    });
-    for member in session.members().iter().filter(|m| m.presence) {
-        if member.id != joined.id {
-            member.outbox.deliver(frame.clone());
-        }
+    /// Tells this node's `presence` members that an instance joined on another node.
+    fn tell_joined(self: &Arc<Self>, session: &Arc<Session>, joined: &NameValue) {
+        let frame = encode_frame(&Message::InstanceConnected {
+            instance_id: joined.id,
+            instance_name: joined.name.clone(),
+        });
+        self.notify(
+            session,
+            RemoteNotice {
+                instance: joined.id,
+                frame,
+                departure: false,
+                recipients: session.members(),
+                except: None,
+            },
+        );
     }
 }
 

@@ -402,3 +402,78 @@ async fn a_late_joiner_on_another_node_starts_from_the_snapshot() {
     assert!(after.iter().all(|b| b.seq.unwrap() > given_seq));
     assert!(late.sync().await.is_empty(), "nothing more");
 }
+
+/// An instance that joins, sends updates at once and leaves at once: every member, on its
+/// node and on the others, is told it joined before its first update and left after its
+/// last (presence comes through NATS's registry, the updates through the stream: two
+/// consumers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_told_in_order_with_the_updates_of_who_joined_and_left() {
+    let Some(cluster) = Cluster::start("departure-order", 2, &[]).await else {
+        return;
+    };
+    let token = "departure-jam";
+    let mut listeners = Vec::new();
+    for node in 0..2 {
+        let (listener, _) = crate::harness::join(
+            &cluster,
+            node,
+            &format!("listener-{node}"),
+            token,
+            &["presence"],
+        )
+        .await;
+        listeners.push(listener);
+    }
+    match listeners[0].recv().await {
+        Message::InstanceConnected { instance_name, .. } => assert_eq!(instance_name, "listener-1"),
+        other => panic!("listener-0: expected listener-1's arrival, got {other:?}"),
+    }
+    let data = vec![7u8; 16 * 1024];
+    const ROUNDS: u64 = 20;
+    const UPDATES: u64 = 5;
+    for round in 0..ROUNDS {
+        let node = usize::try_from(round % 2).unwrap();
+        let name = format!("leaver-{round}");
+        let (mut leaver, _) = crate::harness::join(&cluster, node, &name, token, &[]).await;
+        for n in 1..=UPDATES {
+            leaver.update(n, &data).await;
+        }
+        drop(leaver);
+        for listener in &mut listeners {
+            let (mut joined, mut seen) = (false, 0);
+            loop {
+                match listener.recv().await {
+                    Message::InstanceConnected { instance_name, .. } => {
+                        assert_eq!(instance_name, name, "{}", listener.name);
+                        joined = true;
+                    }
+                    Message::StateBroadcast {
+                        source_instance_name,
+                        timestamp,
+                        ..
+                    } => {
+                        assert_eq!(source_instance_name, name, "{}", listener.name);
+                        assert!(
+                            joined,
+                            "{}: an update of {name} before it joined",
+                            listener.name
+                        );
+                        seen += 1;
+                        assert_eq!(timestamp, seen, "{}: from {name}", listener.name);
+                    }
+                    Message::InstanceDisconnected { instance_name, .. } => {
+                        assert_eq!(instance_name, name, "{}", listener.name);
+                        assert_eq!(
+                            seen, UPDATES,
+                            "{}: {name} left after {seen} of its {UPDATES} updates",
+                            listener.name
+                        );
+                        break;
+                    }
+                    other => panic!("{}: unexpected {other:?}", listener.name),
+                }
+            }
+        }
+    }
+}
