@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::audit::AuditEvent;
+use crate::cluster::{Cluster, RemoteKick};
 use crate::connection::Peer;
 use crate::reason::DisconnectReason;
 use crate::server::Shared;
@@ -135,6 +136,9 @@ async fn kick(
         return (StatusCode::BAD_REQUEST, error_json("not an instance id")).into_response();
     };
     let Some(member) = shared.registry.find(id) else {
+        if let Some(cluster) = &shared.registry.cluster {
+            return kick_elsewhere(&shared, cluster, id).await;
+        }
         return (StatusCode::NOT_FOUND, error_json("no such instance")).into_response();
     };
     info!(instance = %member.name, %id, "Instance '{}' kicked by operator", member.name);
@@ -147,6 +151,32 @@ async fn kick(
             .instance(&member.name, member.id),
     );
     Json(json!({ "kicked": { "id": id, "name": member.name } })).into_response()
+}
+
+/// The kick of an instance registered on another node of the cluster, forwarded to it.
+async fn kick_elsewhere(shared: &Shared, cluster: &Cluster, id: Uuid) -> Response {
+    match Box::pin(cluster.kick_remote(id)).await {
+        RemoteKick::Kicked(instance) => {
+            info!(instance = %instance.name, %id, node = %instance.node,
+                  "Instance '{}' kicked by operator (on node {})", instance.name, instance.node);
+            shared.audit.record(
+                AuditEvent::new("kicked")
+                    .session(&instance.session_label)
+                    .instance(&instance.name, id),
+            );
+            Json(json!({ "kicked": { "id": id, "name": instance.name, "node": instance.node } }))
+                .into_response()
+        }
+        RemoteKick::NotFound => {
+            (StatusCode::NOT_FOUND, error_json("no such instance")).into_response()
+        }
+        RemoteKick::NoAnswer(instance, why) => {
+            warn!(instance = %instance.name, %id, node = %instance.node, error = %why,
+                  "Kick not delivered: the instance's node did not answer");
+            let text = format!("node {} did not answer: {why}", instance.node);
+            (StatusCode::SERVICE_UNAVAILABLE, error_json(&text)).into_response()
+        }
+    }
 }
 
 /// Compares the bearer token in constant time (over digests, so length leaks nothing).

@@ -11,6 +11,7 @@
 //!   exactly once;
 //! - NATS restarted mid-test: `/readyz` 503 meanwhile, nodes recover without a restart;
 //! - a late joiner on another node gets the session's snapshot;
+//! - an operator kicks an instance through any node;
 //! - partition repair: a live instance whose entry another node deleted claims its name
 //!   again (or is closed if the name was taken meanwhile); NATS back without its memory
 //!   streams closes every instance to reconnect; a node stopped with SIGTERM frees its
@@ -25,6 +26,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)] // a test that unwraps fails loudly, as it should
 
+#[path = "cluster/admin.rs"]
+mod admin;
 #[path = "cluster/failover.rs"]
 mod failover;
 #[path = "cluster/ha.rs"]

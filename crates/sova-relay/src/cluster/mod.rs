@@ -7,6 +7,7 @@
 //! (`sova_nodes`, expiring). docs/SCALING.md describes the design and its failure modes.
 
 mod feed;
+mod kick;
 mod names;
 mod notices;
 mod view;
@@ -30,6 +31,7 @@ use crate::registry::Registry;
 use crate::session::Session;
 use crate::Config;
 
+pub(crate) use kick::RemoteKick;
 pub(crate) use names::Claim;
 pub(crate) use view::RemoteInstance;
 
@@ -213,6 +215,11 @@ impl Cluster {
             tracker.spawn(feed::check_acks(self.clone(), acks_rx, shutdown.clone()));
         }
         tracker.spawn(supervise(self.clone(), registry.clone(), shutdown.clone()));
+        tracker.spawn(kick::serve_kicks(
+            self.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(view::watch(
             self.clone(),
             registry.clone(),

@@ -69,6 +69,15 @@ impl View {
     pub(crate) fn remote_count(&self) -> usize {
         self.sessions.values().map(HashMap::len).sum()
     }
+
+    /// Another node's instance, by id.
+    pub(crate) fn find(&self, id: Uuid) -> Option<RemoteInstance> {
+        self.sessions
+            .values()
+            .flat_map(HashMap::values)
+            .find(|remote| remote.value.id == id)
+            .map(|remote| remote_instance(&remote.value))
+    }
 }
 
 impl Cluster {

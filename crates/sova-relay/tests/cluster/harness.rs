@@ -368,6 +368,12 @@ impl Node {
         }
     }
 
+    /// SIGSTOP (`frozen`) or SIGCONT: a node that is alive to the kernel but answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("node is running");
+        signal(child.id(), if frozen { "STOP" } else { "CONT" });
+    }
+
     /// SIGKILL, then reaps the process. Returns when the kill was sent.
     pub fn kill(&mut self) -> Instant {
         let mut child = self.child.take().expect("node is running");
@@ -424,9 +430,21 @@ impl Cluster {
 
 /// `GET path` on the relay's port (HTTP shares it with the protocol): status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "").await
+}
+
+/// `method path` with `headers` (each line ending in CRLF): status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: relay\r\n{headers}Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut bytes = Vec::new();
         stream.read_to_end(&mut bytes).await?;
