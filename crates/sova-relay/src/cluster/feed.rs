@@ -39,6 +39,10 @@ const STALLED_AFTER: Duration = Duration::from_secs(2);
 /// A feed that ran this long before failing was healthy: its next failure is logged again.
 const FEED_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
+/// How long a live update from an instance this node has not heard of waits for the
+/// registry's watch to report it.
+const UNKNOWN_SOURCE_WAIT: Duration = Duration::from_secs(1);
+
 /// Pause before a feed that failed (NATS away) starts again.
 const FEED_RETRY: Duration = Duration::from_millis(500);
 
@@ -276,6 +280,8 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
     }
 
     let mut stall_check = tokio::time::interval(STALL_CHECK);
+    // Sources whose arrival this feed waited for in vain (see `wait_known`).
+    let mut unknown = std::collections::HashSet::new();
     let mut behind_since: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -300,6 +306,13 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
                 let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
                 let source_id = header(SOURCE_ID).and_then(|v| v.parse::<Uuid>().ok()).unwrap_or(Uuid::nil());
                 let lineage = header(LINEAGE).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                let live = catch_up_to.is_none();
+                if live && !unknown.contains(&source_id) && !Box::pin(cluster.wait_known(session, source_id, UNKNOWN_SOURCE_WAIT)).await {
+                    // Left before this node heard of it, or NATS lost the entry: deliver it
+                    // anyway, and do not wait for this source again.
+                    debug!(session = %session.label, %source_id, "Cluster: update from an instance this node never heard of");
+                    unknown.insert(source_id);
+                }
                 let started = Instant::now();
                 let pending = PendingBroadcast::from_body(&message.payload);
                 let (delivered, frame_len) = session.deliver_sequenced(seq, source_id, lineage, pending);

@@ -91,6 +91,8 @@ pub(crate) struct Cluster {
     failed: CancellationToken,
     /// Told when the buckets were recreated: the watches start again.
     rewatch: tokio::sync::Notify,
+    /// Told after each change of `sova_names` applied to the view.
+    view_changed: tokio::sync::Notify,
     /// The relay's tasks, so releases started as connections close are waited for.
     tracker: std::sync::OnceLock<tokio_util::task::TaskTracker>,
     /// Name entries whose release failed (NATS away): retried at each heartbeat.
@@ -196,6 +198,7 @@ impl Cluster {
             leaving: Mutex::new(std::collections::HashSet::new()),
             fatal: Mutex::new(None),
             rewatch: tokio::sync::Notify::new(),
+            view_changed: tokio::sync::Notify::new(),
             tracker: std::sync::OnceLock::new(),
             failed: CancellationToken::new(),
         }))

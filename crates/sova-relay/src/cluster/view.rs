@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::names::{add_count, claimed_elsewhere, name_key, read_counts, set_count, NameValue};
 use super::{hex, lock, Cluster};
 use crate::reason::DisconnectReason;
-use crate::registry::Registry;
+use crate::registry::{Member, Registry};
 use crate::session::{RemoteNotice, Session};
 
 /// An instance registered on another node.
@@ -68,6 +68,13 @@ pub(crate) struct View {
 impl View {
     pub(crate) fn remote_count(&self) -> usize {
         self.sessions.values().map(HashMap::len).sum()
+    }
+
+    /// Whether instance `id` of another node is in session `session_key`.
+    fn has(&self, session_key: &str, id: Uuid) -> bool {
+        self.sessions
+            .get(session_key)
+            .is_some_and(|entries| entries.values().any(|remote| remote.value.id == id))
     }
 
     /// Another node's instance, by id.
@@ -123,38 +130,32 @@ impl Cluster {
                     return;
                 };
                 let own = value.node == self.node && value.incarnation == self.incarnation;
-                let previous = {
-                    let mut view = lock(&self.view);
-                    let entries = view.sessions.entry(session_key.clone()).or_default();
-                    let previous = entries.remove(&entry.key);
-                    if !own {
-                        entries.insert(
-                            entry.key.clone(),
-                            Remote {
-                                revision: entry.revision,
-                                value: value.clone(),
-                            },
-                        );
-                    }
-                    if entries.is_empty() {
-                        view.sessions.remove(&session_key);
-                    }
-                    previous
-                };
                 let Some(session) = session else {
+                    self.put_in_view(&session_key, &entry, &value, own);
                     return;
                 };
+                // The view changes and the members are told under the session's lock: a
+                // registration sees either the old view and then the notice, or the new view
+                // (its `current_instances`) and no notice; the feed delivers the instance's
+                // first update (under the same lock) after the notice.
+                let state = session.lock();
+                let previous = self.put_in_view(&session_key, &entry, &value, own);
+                let recipients = state.members.clone();
                 let is_new = previous.as_ref().is_none_or(|p| p.value.id != value.id);
                 if let Some(previous) = previous.filter(|p| p.value.id != value.id) {
-                    self.tell_left(&session, &previous.value, Some(value.id));
+                    self.tell_left(&session, &recipients, &previous.value, Some(value.id));
                 }
+                if !own && is_new {
+                    self.tell_joined(&session, &recipients, &value);
+                }
+                drop(state);
                 if own {
                     return;
                 }
                 // This node's holder of the name goes: replaced by its own resumed
                 // connection elsewhere (same secret), or the name was claimed elsewhere
                 // while this node was cut off.
-                for member in session.members().iter() {
+                for member in recipients.iter() {
                     if member.name == value.name && member.id != value.id {
                         let resumed = match (&member.resume_secret, &value.secret_sha256) {
                             (Some(secret), Some(issued)) => {
@@ -170,35 +171,60 @@ impl Cluster {
                         });
                     }
                 }
-                if is_new {
-                    self.tell_joined(&session, &value);
-                }
             }
             kv::Operation::Delete | kv::Operation::Purge => {
-                let previous = {
-                    let mut view = lock(&self.view);
-                    let previous = view
-                        .sessions
-                        .get_mut(&session_key)
-                        .and_then(|entries| entries.remove(&entry.key));
-                    if view
-                        .sessions
-                        .get(&session_key)
-                        .is_some_and(HashMap::is_empty)
-                    {
-                        view.sessions.remove(&session_key);
-                    }
-                    previous
-                };
                 let Some(session) = session else {
+                    self.remove_from_view(&session_key, &entry.key);
                     return;
                 };
-                match previous {
-                    Some(previous) => self.tell_left(&session, &previous.value, None),
-                    None => self.reclaim_if_live(&session, &entry.key),
+                let state = session.lock();
+                match self.remove_from_view(&session_key, &entry.key) {
+                    Some(previous) => {
+                        self.tell_left(&session, &state.members, &previous.value, None);
+                    }
+                    None => {
+                        drop(state);
+                        self.reclaim_if_live(&session, &entry.key);
+                    }
                 }
             }
         }
+    }
+
+    /// Records another node's entry (or forgets this node's own); the entry it replaced.
+    fn put_in_view(
+        &self,
+        session_key: &str,
+        entry: &kv::Entry,
+        value: &NameValue,
+        own: bool,
+    ) -> Option<Remote> {
+        let mut view = lock(&self.view);
+        let entries = view.sessions.entry(session_key.to_owned()).or_default();
+        let previous = entries.remove(&entry.key);
+        if !own {
+            entries.insert(
+                entry.key.clone(),
+                Remote {
+                    revision: entry.revision,
+                    value: value.clone(),
+                },
+            );
+        }
+        if entries.is_empty() {
+            view.sessions.remove(session_key);
+        }
+        previous
+    }
+
+    fn remove_from_view(&self, session_key: &str, key: &str) -> Option<Remote> {
+        let mut view = lock(&self.view);
+        let entries = view.sessions.get_mut(session_key)?;
+        let previous = entries.remove(key);
+        if entries.is_empty() {
+            view.sessions.remove(session_key);
+        }
+        previous
     }
 
     /// One of this node's live instances lost its entry (another node judged this one dead
@@ -266,7 +292,7 @@ impl Cluster {
         };
         for (session_key, value) in gone {
             if let Some(session) = registry.session_by_key(&session_key) {
-                self.tell_left(&session, &value, None);
+                self.tell_left(&session, &session.members(), &value, None);
             }
         }
     }
@@ -389,7 +415,13 @@ impl Cluster {
 impl Cluster {
     /// Tells this node's members that an instance of another node left (once its last
     /// updates reached them: see `notices`).
-    fn tell_left(self: &Arc<Self>, session: &Arc<Session>, left: &NameValue, except: Option<Uuid>) {
+    fn tell_left(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        recipients: &Arc<[Arc<Member>]>,
+        left: &NameValue,
+        except: Option<Uuid>,
+    ) {
         let frame = encode_frame(&Message::InstanceDisconnected {
             instance_id: left.id,
             instance_name: left.name.clone(),
@@ -400,14 +432,19 @@ impl Cluster {
                 instance: left.id,
                 frame,
                 departure: true,
-                recipients: session.members(),
+                recipients: recipients.clone(),
                 except,
             },
         );
     }
 
     /// Tells this node's `presence` members that an instance joined on another node.
-    fn tell_joined(self: &Arc<Self>, session: &Arc<Session>, joined: &NameValue) {
+    fn tell_joined(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        recipients: &Arc<[Arc<Member>]>,
+        joined: &NameValue,
+    ) {
         let frame = encode_frame(&Message::InstanceConnected {
             instance_id: joined.id,
             instance_name: joined.name.clone(),
@@ -418,7 +455,7 @@ impl Cluster {
                 instance: joined.id,
                 frame,
                 departure: false,
-                recipients: session.members(),
+                recipients: recipients.clone(),
                 except: None,
             },
         );
@@ -433,6 +470,40 @@ fn remote_instance(value: &NameValue) -> RemoteInstance {
         node: value.node.clone(),
         session_label: value.session_label.clone(),
         connected_at: UNIX_EPOCH + Duration::from_millis(value.connected_at_ms),
+    }
+}
+
+impl Cluster {
+    /// Whether this node's members were told of `source` (a member here, an instance of
+    /// another node in the view, or one whose departure is still to be told).
+    fn knows(&self, session: &Session, source: Uuid) -> bool {
+        session.members().iter().any(|m| m.id == source)
+            || lock(&self.view).has(&session.cluster_key, source)
+            || session
+                .held_notices()
+                .is_some_and(|held| held.contains_key(&source))
+    }
+
+    /// Before a live update from `source` is delivered: waits (bounded) until the watch of
+    /// `sova_names` has reported its arrival, which comes through another consumer than
+    /// the update and may be behind it, so members hear who joined before its first update.
+    /// False if it did not come within `within`.
+    pub(super) async fn wait_known(
+        &self,
+        session: &Session,
+        source: Uuid,
+        within: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.view_changed.notified();
+            if self.knows(session, source) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
@@ -479,6 +550,7 @@ pub(super) async fn watch(
                             seen.insert(entry.key.clone());
                         }
                         cluster.apply(&registry, entry);
+                        cluster.view_changed.notify_waiters();
                         if caught_up {
                             if let Some(seen) = current.take() {
                                 // Whatever left while this node was not watching.
