@@ -76,8 +76,9 @@ struct SoakArgs {
     #[arg(long, default_value_t = 16)]
     rss_max_growth_mib: u64,
     /// 0: one relay. N: N relay nodes (`--cluster-nats`) on one `nats-server -js`; clients
-    /// join them round-robin and resume on another node; churn is the only disturbance,
-    /// and `/metrics` is not compared with the clients' counts.
+    /// join them round-robin and resume on another node; churn and kicks (sent to the first
+    /// node) are the only disturbances, and `/metrics` is not compared with the clients'
+    /// counts.
     #[arg(long, default_value_t = 0)]
     nodes: usize,
     /// The nats-server binary for --nodes (default: on the PATH, else /usr/sbin/nats-server).

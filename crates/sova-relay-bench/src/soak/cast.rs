@@ -162,8 +162,10 @@ pub fn spawn_disturbances(ctx: &Arc<Ctx>, sizes: Sizes, seeds: &mut fastrand::Rn
             set.spawn(churn::slot(ctx.clone(), jam(i), tag, seeds.u64(..)));
         }
     }
+    // Kicks go to the first node: in a cluster most concern another node's instance.
+    set.spawn(kick::kicker(ctx.clone(), seeds.u64(..)));
     if ctx.cluster() {
-        // A cluster soak: churn only (abusers, slow consumers, bad input, kicks and the
+        // A cluster soak: churn and kicks only (abusers, slow consumers, bad input and the
         // HTTP probes concern one node, which the single-relay soak covers).
         return set;
     }
@@ -180,7 +182,6 @@ pub fn spawn_disturbances(ctx: &Arc<Ctx>, sizes: Sizes, seeds: &mut fastrand::Rn
         sessions: (0..sizes.sessions).map(jam).collect(),
     });
     set.spawn(bad::driver(ctx.clone(), seeds.u64(..), targets));
-    set.spawn(kick::kicker(ctx.clone(), seeds.u64(..)));
     set.spawn(http::probe(ctx.clone()));
     set
 }

@@ -66,8 +66,9 @@ pub struct Options {
     pub rss_max_growth_mib: u64,
     /// 0: one relay. Otherwise this many relay nodes (`--cluster-nats`) on one
     /// `nats-server -js`, which clients join round-robin and resume on another node of;
-    /// churn is the only disturbance, `seq`s are checked to increase (not to be
-    /// contiguous), and `/metrics` is not compared with the clients' counts.
+    /// churn and kicks (sent to the first node, so mostly of other nodes' instances) are
+    /// the only disturbances, `seq`s are checked to increase (not to be contiguous), and
+    /// `/metrics` is not compared with the clients' counts.
     pub nodes: usize,
     /// `nats-server` for a cluster (default: on the PATH, else /usr/sbin/nats-server).
     pub nats_bin: Option<PathBuf>,
@@ -223,7 +224,7 @@ async fn start_cluster(
         .collect();
     let header = format!(
         "cluster: {} relay nodes of {} on nats-server -js (pid {}) at {}: {}; logs kept only if the run fails\n\
-         cluster mode: clients join the nodes round-robin and resume on the next node; churn is the only disturbance; \
+         cluster mode: clients join the nodes round-robin and resume on the next node; churn and kicks (through node 0) are the only disturbances; \
          seq checked to increase (a cluster's seqs are not contiguous) and the seq span accounting skipped; \
          RSS and CPU are node 0's; /metrics not compared with the clients' counts (one process per node)",
         options.nodes,
