@@ -77,7 +77,8 @@ function renderSessions(sessions) {
       row.dataset.instance = instance.id;
       row.append(element("td", instance.name, "instance-name"));
       row.append(element("td", duration(instance.connected_seconds)));
-      row.append(element("td", instance.idle_seconds < 2 ? "now" : duration(instance.idle_seconds) + " ago"));
+      const idle = instance.idle_seconds;
+      row.append(element("td", idle === null ? "—" : idle < 2 ? "now" : duration(idle) + " ago"));
       row.append(element("td", instance.node && instance.transport === "remote"
         ? "on " + instance.node : instance.transport, "hide-narrow"));
       row.append(element("td", instance.version, "hide-narrow"));

@@ -122,9 +122,10 @@ pub(crate) struct InstanceJson {
     transport: &'static str,
     capabilities: Vec<&'static str>,
     connected_at: String,
-    last_activity: String,
+    /// Unknown (null) for an instance of another node: only its node sees its traffic.
+    last_activity: Option<String>,
     connected_seconds: u64,
-    idle_seconds: u64,
+    idle_seconds: Option<u64>,
     /// The cluster node it is connected to (cluster mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
@@ -255,9 +256,9 @@ fn instance_json(member: &Member, session: &str) -> InstanceJson {
         transport: member.peer.transport,
         capabilities,
         connected_at: rfc3339(member.connected_at),
-        last_activity: rfc3339(last_activity),
+        last_activity: Some(rfc3339(last_activity)),
         connected_seconds: seconds_between(member.connected_at, now),
-        idle_seconds: seconds_between(last_activity, now),
+        idle_seconds: Some(seconds_between(last_activity, now)),
         node: None,
     }
 }
@@ -273,9 +274,9 @@ fn remote_instance_json(remote: &RemoteInstance) -> InstanceJson {
         transport: "remote",
         capabilities: Vec::new(),
         connected_at: rfc3339(remote.connected_at),
-        last_activity: rfc3339(remote.connected_at),
+        last_activity: None,
         connected_seconds: seconds_between(remote.connected_at, now),
-        idle_seconds: seconds_between(remote.connected_at, now),
+        idle_seconds: None,
         node: Some(remote.node.clone()),
     }
 }

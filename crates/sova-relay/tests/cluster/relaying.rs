@@ -249,6 +249,22 @@ async fn presence_and_the_cluster_view_span_the_nodes() {
             ("watcher", "node-0", "remote")
         ]
     );
+    // Their activity is seen only by their own node: unknown here, not invented.
+    for instance in instances.as_array().unwrap() {
+        assert!(instance["last_activity"].is_null(), "{instance}");
+        assert!(instance["idle_seconds"].is_null(), "{instance}");
+    }
+    // On its own node an instance's activity is known.
+    let (_, body) = http_get(cluster.addr(0), "/api/instances").await.unwrap();
+    let on_node_0: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let watcher_there = on_node_0
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "watcher")
+        .unwrap();
+    assert_eq!(watcher_there["transport"], "tcp", "{body}");
+    assert!(watcher_there["idle_seconds"].is_u64(), "{body}");
     let (code, body) = http_get(cluster.addr(2), "/api/sessions").await.unwrap();
     assert_eq!(code, 200, "{body}");
     let sessions: serde_json::Value = serde_json::from_str(&body).unwrap();
