@@ -10,6 +10,7 @@
 //!   `InstanceDisconnected` once; its client resumes on another node with every update
 //!   exactly once;
 //! - NATS restarted mid-test: `/readyz` 503 meanwhile, nodes recover without a restart;
+//!   an update NATS refuses is reported to its sender;
 //! - a late joiner on another node gets the session's snapshot;
 //! - an operator kicks an instance through any node;
 //! - partition repair: a live instance whose entry another node deleted claims its name

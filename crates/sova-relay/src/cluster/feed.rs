@@ -3,6 +3,7 @@
 //! consumer, in the stream's order (`seq` = stream sequence). Snapshots likewise, from
 //! their own stream.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -14,13 +15,13 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use sova_relay_protocol::PendingBroadcast;
+use sova_relay_protocol::{encode_frame, Message, PendingBroadcast};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::Cluster;
+use super::{Cluster, PendingAck};
 use crate::registry::Member;
 use crate::session::{PublishedSnapshot, Session};
 
@@ -38,6 +39,9 @@ const STALL_CHECK: Duration = Duration::from_millis(500);
 const STALLED_AFTER: Duration = Duration::from_secs(2);
 /// A feed that ran this long before failing was healthy: its next failure is logged again.
 const FEED_HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// What an instance is told when NATS did not store one of its updates.
+const UNRELAYED: &str = "Update not relayed: the cluster did not store it";
 
 /// How long a live update from an instance this node has not heard of waits for the
 /// registry's watch to report it.
@@ -57,7 +61,7 @@ impl Cluster {
     pub(crate) async fn publish(
         &self,
         session: &Arc<Session>,
-        source: &Member,
+        source: &Arc<Member>,
         pending: &PendingBroadcast,
     ) -> bool {
         if !self.is_available() {
@@ -73,7 +77,12 @@ impl Cluster {
                 self.published.increment(1);
                 source.published.fetch_add(1, Ordering::Relaxed);
                 // Waits only when 16 Ki acknowledgements are outstanding.
-                let _ = self.acks.send((Arc::downgrade(session), ack)).await;
+                let pending = PendingAck {
+                    session: Arc::downgrade(session),
+                    sender: Arc::downgrade(source),
+                    ack,
+                };
+                let _ = self.acks.send(pending).await;
                 true
             }
             Err(err) => {
@@ -119,7 +128,12 @@ impl Cluster {
             .await
         {
             Ok(ack) => {
-                let _ = self.acks.send((Weak::new(), ack)).await;
+                let pending = PendingAck {
+                    session: Weak::new(),
+                    sender: Weak::new(),
+                    ack,
+                };
+                let _ = self.acks.send(pending).await;
             }
             Err(err) => {
                 crate::metrics::cluster_publish_failed();
@@ -129,35 +143,71 @@ impl Cluster {
     }
 }
 
-/// Awaits publish acknowledgements: a lost publish is logged and counted, never silent.
+/// Awaits publish acknowledgements: a lost update is logged, counted, and its sender told
+/// (at most once a second each), never silent.
 pub(super) async fn check_acks(
     cluster: Arc<Cluster>,
-    mut acks: mpsc::Receiver<super::PendingAck>,
+    mut acks: mpsc::Receiver<PendingAck>,
     shutdown: CancellationToken,
 ) {
     let mut pending = FuturesUnordered::new();
     let mut last_warning: Option<Instant> = None;
+    let mut told = Told::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             ack = acks.recv() => match ack {
-                Some((session, ack)) => pending.push(async move { (session, ack.await) }),
+                Some(PendingAck { session, sender, ack }) => {
+                    pending.push(async move { (session, sender, ack.await) });
+                }
                 None => return,
             },
-            Some((session, result)) = pending.next(), if !pending.is_empty() => {
-                if let (Ok(ack), Some(session)) = (&result, session.upgrade()) {
-                    session.note_acked(ack.sequence);
-                }
-                if let Err(err) = result {
-                    crate::metrics::cluster_publish_failed();
-                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        last_warning = Some(Instant::now());
-                        warn!(node = %cluster.node, error = %err,
-                              "Cluster: NATS did not acknowledge an update: other nodes may miss it");
+            Some((session, sender, result)) = pending.next(), if !pending.is_empty() => {
+                match result {
+                    Ok(ack) => {
+                        if let Some(session) = session.upgrade() {
+                            session.note_acked(ack.sequence);
+                        }
+                    }
+                    Err(err) => {
+                        crate::metrics::cluster_publish_failed();
+                        if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                            last_warning = Some(Instant::now());
+                            warn!(node = %cluster.node, error = %err,
+                                  "Cluster: NATS did not store an update: nobody receives it");
+                        }
+                        if let Some(sender) = sender.upgrade() {
+                            told.tell(&sender);
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// When each sender was last told that an update of theirs was lost.
+#[derive(Default)]
+struct Told(HashMap<Uuid, Instant>);
+
+impl Told {
+    fn tell(&mut self, sender: &Member) {
+        let now = Instant::now();
+        if self
+            .0
+            .get(&sender.id)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        if self.0.len() >= 1024 {
+            self.0
+                .retain(|_, at| now.duration_since(*at) < Duration::from_secs(1));
+        }
+        self.0.insert(sender.id, now);
+        sender.outbox.deliver(encode_frame(&Message::Error {
+            message: UNRELAYED.to_owned(),
+        }));
     }
 }
 

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::metrics::Stats;
 use crate::reason::DisconnectReason;
-use crate::registry::Registry;
+use crate::registry::{Member, Registry};
 use crate::session::Session;
 use crate::Config;
 
@@ -103,7 +103,12 @@ pub(crate) struct Cluster {
 }
 
 /// An acknowledgement to await, and the session the update went to (none: a snapshot).
-type PendingAck = (Weak<Session>, jetstream::context::PublishAckFuture);
+/// The instance that sent it too (none: a snapshot), to be told if NATS refuses it.
+struct PendingAck {
+    session: Weak<Session>,
+    sender: Weak<Member>,
+    ack: jetstream::context::PublishAckFuture,
+}
 
 /// The NATS objects, once created or found.
 struct Objects {

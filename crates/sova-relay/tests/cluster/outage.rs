@@ -136,3 +136,53 @@ async fn nodes_recover_when_nats_restarts() {
         [("a", 12), ("b", 10)]
     );
 }
+
+/// NATS refuses an update (here: larger than the stream allows; in production a JetStream
+/// storage limit, or a stream without a leader): nobody receives it, so its sender is told
+/// with an `Error` and stays connected; the next updates are relayed as before.
+#[tokio::test]
+async fn the_sender_of_an_update_nats_refused_is_told() {
+    let Some(binary) = crate::harness::nats_server_or_skip("refused-update") else {
+        return;
+    };
+    let dir = crate::harness::TempDir::new("refused-update");
+    let nats = crate::harness::NatsServer::start(binary, dir.path().join("jetstream"));
+    // The update stream created before any node, with a small message limit (a node uses
+    // the stream it finds).
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "SOVA_UPDATES".to_owned(),
+            subjects: vec!["sova.u.>".to_owned()],
+            max_message_size: 2048,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let node = crate::harness::Node::start(&nats.url(), "node-0", &[]).await;
+    let token = Some("refused-jam");
+    let mut sender = TestClient::register(node.addr, "sender", token).await;
+    let mut receiver = TestClient::register(node.addr, "receiver", token).await;
+
+    sender.update(1, &payload("sender", 1)).await;
+    sender.update(2, &vec![0u8; 8 * 1024]).await;
+    sender.update(3, &payload("sender", 3)).await;
+    sender
+        .expect_error("Update not relayed: the cluster did not store it")
+        .await;
+    let received = read_broadcasts(&mut receiver, 2).await;
+    let numbers: Vec<u64> = received.iter().map(|b| b.timestamp).collect();
+    assert_eq!(
+        numbers,
+        [1, 3],
+        "the refused update is not relayed, the next ones are"
+    );
+    // Still connected, still relayed.
+    sender.update(4, &payload("sender", 4)).await;
+    let received = read_broadcasts(&mut receiver, 1).await;
+    assert_eq!(received[0].timestamp, 4);
+    assert!(sender.sync().await.is_empty());
+    assert!(node
+        .wait_for_log("NATS did not store an update")
+        .contains("WARN"));
+}
