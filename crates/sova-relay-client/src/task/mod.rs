@@ -2,20 +2,22 @@
 //! events, answers the relay's pings, keeps a heartbeat, and reconnects.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sova_relay_protocol::{encode_frame, Message, ResumeRequest, UpdateData, CAPABILITY_SNAPSHOT};
+use sova_relay_protocol::{encode_frame, Message, UpdateData, CAPABILITY_SNAPSHOT};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
+
+mod ending;
+mod reconnect;
 
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::event::Delivered;
-use crate::handshake::{register, Registration};
+use crate::handshake::Registration;
 use crate::resume::{Position, SeqPosition};
 use crate::state::Shared;
 use crate::transport::{Received, Target, Transport};
@@ -465,172 +467,6 @@ impl Task {
             return Err(ClientError::Timeout(limit));
         }
         self.send_ping(transport, None).await
-    }
-
-    /// Marks the client disconnected and tells the application.
-    fn connection_lost(&mut self, reason: String) {
-        self.shared.disconnected();
-        for ping in self.pings.drain(..) {
-            if let Some(reply) = ping.reply {
-                let _ = reply.send(Err(ClientError::NotConnected));
-            }
-        }
-        self.push(Event::Disconnected(reason));
-    }
-
-    /// Registers again, with backoff. `Ok(Some)`: registered; `Ok(None)`: gave up (the
-    /// reason is in the backlog); `Err`: the handles asked to stop.
-    async fn reconnect(&mut self) -> Result<Option<Transport>, Option<oneshot::Sender<()>>> {
-        loop {
-            let Some(delay) = self.backoff.next_delay() else {
-                let attempts = self.backoff.attempts();
-                self.push(Event::Error(format!(
-                    "gave up reconnecting after {attempts} attempts"
-                )));
-                return Ok(None);
-            };
-            self.idle(tokio::time::sleep(delay)).await?;
-            let (target, config) = (self.target.clone(), self.config.clone());
-            let resume = self.position.resume_request().filter(|_| config.resume);
-            let asked = resume.clone();
-            let attempt = async move { register(&target, &config, resume).await };
-            match self.idle(attempt).await? {
-                Ok((transport, registration)) => {
-                    let resumed = registration.resumed.as_deref();
-                    info!(id = %registration.id, ?resumed, "reconnected to relay");
-                    self.reconnected(&registration, asked.as_ref());
-                    return Ok(Some(transport));
-                }
-                // The relay's certificate changed since we trusted it: it may be fixed.
-                Err(err) if err.is_retryable() || matches!(err, ClientError::Tls(_)) => {
-                    info!(%err, attempt = self.backoff.attempts(), "reconnect failed, retrying");
-                }
-                Err(err) => {
-                    warn!(%err, "reconnect refused, giving up");
-                    self.push(Event::Error(err.to_string()));
-                    return Ok(None);
-                }
-            }
-        }
-    }
-
-    /// Publishes a new registration and reports whether the session resumed, and who came
-    /// and went meanwhile (the order is documented on [`Event`]).
-    fn reconnected(&mut self, registration: &Registration, asked: Option<&ResumeRequest>) {
-        self.backoff.reset();
-        let before = self.shared.registered(registration);
-        self.push(Event::Reconnected);
-        if let Some((event, position)) = self.position.reregistered(registration, asked) {
-            self.backlog.push_back(Delivered { event, position });
-        }
-        for gone in before.iter().filter(|p| !registration.peers.contains(p)) {
-            self.push(Event::Left {
-                id: gone.id,
-                name: gone.name.clone(),
-            });
-        }
-        for new in registration.peers.iter().filter(|p| !before.contains(p)) {
-            self.push(Event::Joined {
-                id: new.id,
-                name: new.name.clone(),
-            });
-        }
-    }
-
-    /// Awaits `work` while disconnected, still delivering events and answering the handles.
-    /// `Err` when the handles ask to stop.
-    async fn idle<T>(
-        &mut self,
-        work: impl Future<Output = T>,
-    ) -> Result<T, Option<oneshot::Sender<()>>> {
-        tokio::pin!(work);
-        let events = self.events.clone();
-        loop {
-            tokio::select! {
-                biased;
-                permit = events.reserve(), if !self.backlog.is_empty() => {
-                    deliver(&mut self.backlog, permit.ok());
-                }
-                command = self.control.recv() => match command {
-                    Some(Control::Ping(reply)) => {
-                        let _ = reply.send(Err(ClientError::NotConnected));
-                    }
-                    Some(Control::Close(reply)) => return Err(Some(reply)),
-                    None => return Err(None),
-                },
-                output = &mut work => return Ok(output),
-            }
-        }
-    }
-
-    /// Writes what is still queued, half-closes, and reads until the relay closes too, so
-    /// that nothing the relay sent (an error about our last updates) is lost.
-    async fn close(&mut self, transport: &mut Transport) {
-        let mut result = self.write_unsent(transport).await;
-        while result.is_ok() {
-            let batch: Vec<_> = std::iter::from_fn(|| self.updates.try_recv().ok())
-                .take(WRITE_BATCH)
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            result = self.write_batch(transport, batch).await;
-        }
-        transport.shutdown(CLOSE_GRACE).await;
-        let deadline = Instant::now() + CLOSE_GRACE;
-        while let Ok(Ok(Received::Message(message))) =
-            tokio::time::timeout_at(deadline, transport.recv()).await
-        {
-            match message {
-                Ok(Message::Pong { timestamp }) => self.on_pong(timestamp),
-                // Too late to answer: we have half-closed.
-                Ok(Message::Ping { .. }) | Err(_) => {}
-                Ok(message) => {
-                    let event = self.event_for(message);
-                    self.backlog.extend(event);
-                }
-            }
-        }
-        self.shared.disconnected();
-        info!("connection to relay closed");
-    }
-
-    /// Delivers the remaining events (unless nobody listens), then answers `close`.
-    async fn finish(&mut self, reply: Option<oneshot::Sender<()>>) {
-        while let Some(event) = self.backlog.pop_front() {
-            let sent = match reply {
-                Some(_) => self.events.try_send(event).is_ok(),
-                None => self.idle_send(event).await,
-            };
-            if !sent {
-                break;
-            }
-        }
-        self.shared.disconnected();
-        if let Some(reply) = reply {
-            let _ = reply.send(());
-        }
-    }
-
-    /// Sends one final event, unless every handle is gone first.
-    async fn idle_send(&mut self, event: Delivered) -> bool {
-        let send = self.events.send(event);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                biased;
-                sent = &mut send => return sent.is_ok(),
-                command = self.control.recv() => match command {
-                    Some(Control::Ping(reply)) => {
-                        let _ = reply.send(Err(ClientError::Closed));
-                    }
-                    Some(Control::Close(reply)) => {
-                        let _ = reply.send(());
-                    }
-                    None => return false,
-                },
-            }
-        }
     }
 }
 
