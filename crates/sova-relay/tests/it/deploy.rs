@@ -1,6 +1,5 @@
 //! Deployment: the `--config` file and its precedence, `config print` and `config check`,
-//! `healthcheck` against live and stopped relays, the health checks written in the
-//! Dockerfiles and the compose file, the example configuration, and the systemd unit.
+//! and the example configuration (`packaging.rs`: healthcheck, Docker, systemd).
 //! Everything through the real binary, with an environment of the test's choosing.
 
 use std::io::{BufRead, BufReader};
@@ -15,10 +14,10 @@ use sova_relay_protocol::Message;
 
 use crate::support::{TestClient, WAIT};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_sova-relay");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_sova-relay");
 
 /// The binary with an empty environment (no stray `SOVA_*` or `RUST_LOG`) plus `env`.
-fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
+pub(crate) fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BINARY);
     command
         .args(args)
@@ -28,15 +27,15 @@ fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     relay(args, env).output().unwrap()
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -48,15 +47,15 @@ fn printed<'a>(text: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
 }
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A file in the temporary directory, removed on drop.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(PathBuf);
 
 impl TempFile {
-    fn new(name: &str, text: &str) -> Self {
+    pub(crate) fn new(name: &str, text: &str) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
@@ -67,7 +66,7 @@ impl TempFile {
         TempFile(path)
     }
 
-    fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.0.to_str().unwrap()
     }
 }
@@ -79,15 +78,15 @@ impl Drop for TempFile {
 }
 
 /// A running relay process; killed if the test ends early.
-struct Relay {
+pub(crate) struct Relay {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Its log lines; kept, so that the pipe stays open while it runs.
     _lines: Option<mpsc::Receiver<String>>,
 }
 
 impl Relay {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = relay(args, env)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -143,7 +142,7 @@ impl Relay {
     }
 
     /// SIGTERM, then waits for the exit.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -432,193 +431,4 @@ fn the_example_configuration_is_valid_and_its_commented_defaults_are_the_default
         };
         assert_eq!(value(&from_example), value(&defaults), "{key}");
     }
-}
-
-// --- healthcheck --------------------------------------------------------------------------
-
-#[test]
-fn healthcheck_passes_on_a_live_relay_and_fails_at_once_on_a_stopped_one() {
-    let mut relay = Relay::start(&["--host", "127.0.0.1", "--port", "0"], &[]);
-    let addr = relay.addr.to_string();
-    let output = run(&["healthcheck", "--addr", &addr], &[]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(
-        stdout(&output).contains("healthy (HTTP/1.1 200 OK)"),
-        "{}",
-        stdout(&output)
-    );
-
-    relay.stop();
-    let started = Instant::now();
-    let output = run(&["healthcheck", "--addr", &addr], &[]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    let stderr = stderr(&output);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot connect"), "{stderr}");
-}
-
-#[test]
-fn healthcheck_fails_at_once_where_nothing_ever_listened() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let started = Instant::now();
-    let output = run(
-        &["healthcheck", "--addr", &format!("127.0.0.1:{port}")],
-        &[],
-    );
-    assert_eq!(output.status.code(), Some(1));
-    assert!(started.elapsed() < Duration::from_secs(2));
-    // Unresolvable and malformed addresses fail too, with the reason.
-    let output = run(&["healthcheck", "--addr", "no-port-here"], &[]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("cannot resolve no-port-here"),
-        "{}",
-        stderr(&output)
-    );
-}
-
-#[test]
-fn healthcheck_gives_up_on_a_port_that_never_answers() {
-    // Connections land in the backlog, but nobody reads or writes.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let started = Instant::now();
-    let output = run(&["healthcheck", "--addr", &addr, "--timeout", "300ms"], &[]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        stderr(&output).contains("no answer in time"),
-        "{}",
-        stderr(&output)
-    );
-    // A bare TCP check is satisfied by the connection alone.
-    let output = run(&["healthcheck", "--addr", &addr, "--tcp"], &[]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-}
-
-#[test]
-fn healthcheck_follows_the_environment_and_falls_back_to_tcp_without_http() {
-    let relay = Relay::start(
-        &["--host", "127.0.0.1", "--port", "0", "--http", "false"],
-        &[],
-    );
-    let addr = relay.addr.to_string();
-    let port = relay.addr.port().to_string();
-
-    let output = run(&["healthcheck", "--addr", &addr], &[]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("--tcp"), "{}", stderr(&output));
-    let output = run(&["healthcheck", "--addr", &addr, "--tcp"], &[]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-
-    // Without --addr: the relay this environment describes (0.0.0.0 means loopback).
-    let env = [("SOVA_PORT", port.as_str()), ("SOVA_HTTP", "false")];
-    let output = run(&["healthcheck"], &env);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let file = TempFile::new("relay.toml", &format!("port = {port}\nhttp = false\n"));
-    let output = run(&["healthcheck"], &[("SOVA_CONFIG", file.path())]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-}
-
-/// The health checks written in the Docker files, run as Docker would run them, against a
-/// live relay whose port comes from the environment as in a container.
-#[test]
-fn the_docker_health_checks_pass_against_a_live_relay() {
-    let relay = Relay::start(&["--host", "127.0.0.1", "--port", "0"], &[]);
-    let port = relay.addr.port().to_string();
-    let root = repo_root();
-    let mut checks = Vec::new();
-    for dockerfile in ["Dockerfile", "Dockerfile.prebuilt"] {
-        let text = std::fs::read_to_string(root.join(dockerfile)).unwrap();
-        assert!(text.contains("\nSTOPSIGNAL SIGTERM\n"), "{dockerfile}");
-        assert!(text.contains("\nEXPOSE 9090\n"), "{dockerfile}");
-        assert!(text.contains("\nUSER 65532:65532\n"), "{dockerfile}");
-        let command = text
-            .split("\nHEALTHCHECK ")
-            .nth(1)
-            .and_then(|rest| rest.split_once("CMD "))
-            .map(|(_, command)| command.lines().next().unwrap().to_owned())
-            .unwrap_or_else(|| panic!("no HEALTHCHECK CMD in {dockerfile}"));
-        checks.push((dockerfile, command));
-    }
-    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
-    let test = compose
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("test: "))
-        .unwrap();
-    checks.push(("docker-compose.yml", test.replace("\"CMD\", ", "")));
-    for (file, command) in checks {
-        let argv: Vec<String> = serde_json::from_str(&command).unwrap();
-        assert_eq!(argv[0], "/usr/local/bin/sova-relay", "{file}");
-        let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-        let output = run(&args, &[("SOVA_PORT", &port)]);
-        assert_eq!(output.status.code(), Some(0), "{file}: {}", stderr(&output));
-    }
-}
-
-// --- systemd ------------------------------------------------------------------------------
-
-#[test]
-fn the_systemd_unit_is_hardened_and_passes_systemd_analyze_verify() {
-    let unit = std::fs::read_to_string(repo_root().join("deploy/sova-relay.service")).unwrap();
-    for directive in [
-        "ExecStart=/usr/local/bin/sova-relay\n",
-        "ExecReload=/bin/kill -HUP $MAINPID\n",
-        "DynamicUser=yes\n",
-        "NoNewPrivileges=yes\n",
-        "ProtectSystem=strict\n",
-        "PrivateTmp=yes\n",
-        "RestrictAddressFamilies=AF_INET AF_INET6",
-        "CapabilityBoundingSet=\n",
-        "MemoryMax=",
-    ] {
-        assert!(unit.contains(directive), "the unit lacks {directive:?}");
-    }
-    let Some(analyze) = systemd_analyze() else {
-        assert!(
-            std::env::var_os("SOVA_REQUIRE_SYSTEMD_ANALYZE").is_none(),
-            "SOVA_REQUIRE_SYSTEMD_ANALYZE is set but systemd-analyze is missing"
-        );
-        eprintln!("SKIPPED: systemd-analyze not found (Debian package `systemd`); the unit was not verified");
-        return;
-    };
-    // `verify` wants ExecStart's binary to exist: a copy of the unit that runs the binary
-    // under test instead of /usr/local/bin/sova-relay, under the same unit name.
-    let dir = std::env::temp_dir().join(format!("sova-relay-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let copy = dir.join("sova-relay.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/sova-relay", BINARY)).unwrap();
-    let output = Command::new(analyze)
-        .arg("verify")
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    // Unknown directives are only warnings to systemd: any word from it is a failure here.
-    assert!(
-        output.status.success() && output.stderr.is_empty() && output.stdout.is_empty(),
-        "systemd-analyze verify: {:?}\n{}{}",
-        output.status,
-        stdout(&output),
-        stderr(&output)
-    );
-}
-
-fn systemd_analyze() -> Option<PathBuf> {
-    ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|path| path.exists())
 }

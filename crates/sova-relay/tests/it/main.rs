@@ -9,6 +9,7 @@ mod harness;
 mod http;
 mod limits;
 mod liveness;
+mod packaging;
 mod process;
 mod registration;
 mod relaying;
