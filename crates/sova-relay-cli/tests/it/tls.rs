@@ -1,71 +1,25 @@
 //! `--tls`, `--ca` and `SOVA_RELAY_CA`: every command against a relay with a private CA.
 
-use std::path::PathBuf;
-
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use sova_relay_testkit::TestPki;
 
 use crate::{cli, run, TestServer, Watch};
 
-/// A CA and a relay certificate for `localhost` and 127.0.0.1, as PEM files in a fresh
-/// directory removed on drop.
-struct TestPki {
-    dir: PathBuf,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl TestPki {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "sova-cli-pki-{}-{:016x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let pki = Self {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        };
-        std::fs::write(&pki.ca, issuer.pem()).unwrap();
-        std::fs::write(&pki.cert, cert.pem()).unwrap();
-        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
-        pki
-    }
-
-    async fn relay(&self) -> TestServer {
-        TestServer::start(sova_relay::Config {
-            tls_cert: Some(self.cert.clone()),
-            tls_key: Some(self.key.clone()),
-            ..sova_relay::Config::default()
-        })
-        .await
-    }
-}
-
-impl Drop for TestPki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A relay serving TLS with `pki`'s certificate.
+async fn tls_relay(pki: &TestPki) -> TestServer {
+    TestServer::start(sova_relay::Config {
+        tls_cert: Some(pki.cert.clone()),
+        tls_key: Some(pki.key.clone()),
+        ..sova_relay::Config::default()
+    })
+    .await
 }
 
 #[tokio::test]
 async fn watch_send_and_ping_work_with_tls_and_a_private_ca() {
-    let pki = TestPki::new();
-    let relay = pki.relay().await;
+    let pki = TestPki::new("cli");
+    let relay = tls_relay(&pki).await;
     let ca = pki.ca.to_str().unwrap();
     let mut watch =
         Watch::start_with(&["--addr", &relay.addr, "--tls", "--ca", ca, "--name", "w"]).await;
@@ -115,8 +69,8 @@ async fn watch_send_and_ping_work_with_tls_and_a_private_ca() {
 
 #[tokio::test]
 async fn an_untrusted_relay_is_refused_at_once_with_the_reason() {
-    let pki = TestPki::new();
-    let relay = pki.relay().await;
+    let pki = TestPki::new("cli");
+    let relay = tls_relay(&pki).await;
     // `watch` retries what may pass later; a certificate it does not trust will not.
     for command in ["watch", "send"] {
         let mut args = vec![command, "--addr", &relay.addr, "--tls", "--name", "x"];

@@ -1,71 +1,26 @@
 //! The client over `tls://` and `wss://`, against the real relay with a test CA.
 
-use std::path::PathBuf;
-
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use sova_relay_client::{ClientError, Event, RelayClient};
+use sova_relay_testkit::TestPki;
 
 use crate::relay::queued_updates_survive_a_restart_of;
 use crate::scripted::PATIENCE;
 use crate::server::{relay_config, TestServer};
 use crate::{config, next};
 
-/// A CA, and a relay certificate it signed for `localhost` and 127.0.0.1, as PEM files in a
-/// fresh directory removed on drop.
-pub struct TestPki {
-    dir: PathBuf,
-    /// The CA certificate, for `ca_file`.
-    pub ca: PathBuf,
-    /// The relay's certificate and key, for `--tls-cert` and `--tls-key`.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TestPki {
-    pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("sova-client-pki-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let pki = Self {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        };
-        std::fs::write(&pki.ca, issuer.pem()).unwrap();
-        std::fs::write(&pki.cert, cert.pem()).unwrap();
-        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
-        pki
-    }
-
-    /// A test relay configuration serving TLS with this certificate.
-    pub fn relay_config(&self) -> sova_relay::Config {
-        sova_relay::Config {
-            tls_cert: Some(self.cert.clone()),
-            tls_key: Some(self.key.clone()),
-            ..relay_config()
-        }
-    }
-}
-
-impl Drop for TestPki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// A test relay configuration serving TLS with `pki`'s certificate.
+pub fn tls_relay_config(pki: &TestPki) -> sova_relay::Config {
+    sova_relay::Config {
+        tls_cert: Some(pki.cert.clone()),
+        tls_key: Some(pki.key.clone()),
+        ..relay_config()
     }
 }
 
 #[tokio::test]
 async fn tls_and_wss_clients_exchange_updates_with_a_plaintext_one() {
-    let pki = TestPki::new();
-    let server = TestServer::start(pki.relay_config()).await;
+    let pki = TestPki::new("client");
+    let server = TestServer::start(tls_relay_config(&pki)).await;
     let port = server.addr.port();
     let mut tls = RelayClient::connect(
         &format!("tls://127.0.0.1:{port}"),
@@ -124,8 +79,8 @@ async fn tls_and_wss_clients_exchange_updates_with_a_plaintext_one() {
 
 #[tokio::test]
 async fn an_untrusted_certificate_is_a_tls_error_not_retried() {
-    let pki = TestPki::new();
-    let server = TestServer::start(pki.relay_config()).await;
+    let pki = TestPki::new("client");
+    let server = TestServer::start(tls_relay_config(&pki)).await;
     let port = server.addr.port();
     for address in [
         format!("tls://127.0.0.1:{port}"),
@@ -141,7 +96,7 @@ async fn an_untrusted_certificate_is_a_tls_error_not_retried() {
         assert!(text.contains("UnknownIssuer"), "{text}");
     }
     // The CA of another PKI is no better.
-    let other = TestPki::new();
+    let other = TestPki::new("client");
     let err = RelayClient::connect(
         &format!("tls://localhost:{port}"),
         config("alice").ca_file(&other.ca),
@@ -154,7 +109,7 @@ async fn an_untrusted_certificate_is_a_tls_error_not_retried() {
 #[tokio::test]
 async fn tls_to_a_relay_without_tls_says_so() {
     let server = TestServer::start(relay_config()).await;
-    let pki = TestPki::new();
+    let pki = TestPki::new("client");
     let err = RelayClient::connect(
         &format!("tls://{}", server.addr),
         config("alice").ca_file(&pki.ca),
@@ -167,9 +122,9 @@ async fn tls_to_a_relay_without_tls_says_so() {
 
 #[tokio::test]
 async fn queued_updates_are_sent_in_order_after_a_tls_relay_restarts() {
-    let pki = TestPki::new();
+    let pki = TestPki::new("client");
     let reason = queued_updates_survive_a_restart_of(
-        || pki.relay_config(),
+        || tls_relay_config(&pki),
         |proxy| format!("tls://{proxy}"),
         config("alice").ca_file(&pki.ca),
     )
