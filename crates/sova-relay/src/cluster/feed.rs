@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use super::objects::{snapshots_subject, updates_subject};
 use super::{Cluster, PendingAck};
 use crate::registry::Member;
 use crate::session::{PublishedSnapshot, Session};
@@ -70,7 +71,7 @@ impl Cluster {
         let mut headers = HeaderMap::new();
         headers.insert(SOURCE_ID, source.id.to_string().as_str());
         headers.insert(LINEAGE, source.lineage.to_string().as_str());
-        let subject = format!("sova.u.{}", session.cluster_key);
+        let subject = updates_subject(&session.cluster_key);
         let body = Bytes::copy_from_slice(pending.body());
         match self.js.publish_with_headers(subject, headers, body).await {
             Ok(ack) => {
@@ -121,7 +122,7 @@ impl Cluster {
         headers.insert(SEQ, snapshot.seq.to_string().as_str());
         headers.insert(LINEAGE, snapshot.source.to_string().as_str());
         headers.insert(SOURCE_SEQ, snapshot.source_seq.to_string().as_str());
-        let subject = format!("sova.snap.{}", session.cluster_key);
+        let subject = snapshots_subject(&session.cluster_key);
         match self
             .js
             .publish_with_headers(subject, headers, snapshot.frame.clone())
@@ -259,8 +260,8 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
     let mut reconnected = cluster.reconnections.subscribe();
     reconnected.borrow_and_update();
     let objects = cluster.objects().context("cluster not set up yet")?;
-    let updates_subject = format!("sova.u.{}", session.cluster_key);
-    let snapshots_subject = format!("sova.snap.{}", session.cluster_key);
+    let updates_subject = updates_subject(&session.cluster_key);
+    let snapshots_subject = snapshots_subject(&session.cluster_key);
 
     // Where to start: after what this node delivered, or (new here) every broadcast the
     // stream still holds for the session, so this node can replay them to a resuming client.

@@ -10,6 +10,7 @@ mod feed;
 mod kick;
 mod names;
 mod notices;
+mod objects;
 mod view;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -26,22 +27,14 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::metrics::Stats;
-use crate::reason::DisconnectReason;
 use crate::registry::{Member, Registry};
 use crate::session::Session;
 use crate::Config;
 
 pub(crate) use kick::RemoteKick;
 pub(crate) use names::Claim;
+use objects::Objects;
 pub(crate) use view::RemoteInstance;
-
-const UPDATES_STREAM: &str = "SOVA_UPDATES";
-const SNAPSHOTS_STREAM: &str = "SOVA_SNAPSHOTS";
-const NODES_BUCKET: &str = "sova_nodes";
-const NAMES_BUCKET: &str = "sova_names";
-const COUNTS_BUCKET: &str = "sova_counts";
-/// A key of `sova_names` that is no instance (it has no `.`).
-const NAMES_MARKER: &str = "bucket";
 
 /// How long a registration waits for the cluster (a session's feed to catch up, a KV
 /// round trip) before it is refused as unavailable.
@@ -102,21 +95,12 @@ pub(crate) struct Cluster {
     leaving: Mutex<std::collections::HashSet<Uuid>>,
 }
 
-/// An acknowledgement to await, and the session the update went to (none: a snapshot).
-/// The instance that sent it too (none: a snapshot), to be told if NATS refuses it.
+/// An acknowledgement to await, with the session the update went to and the instance that
+/// sent it (to be told if NATS refuses it); neither for a snapshot.
 struct PendingAck {
     session: Weak<Session>,
     sender: Weak<Member>,
     ack: jetstream::context::PublishAckFuture,
-}
-
-/// The NATS objects, once created or found.
-struct Objects {
-    updates: stream::Stream,
-    snapshots: stream::Stream,
-    nodes: kv::Store,
-    names: kv::Store,
-    counts: kv::Store,
 }
 
 impl Cluster {
@@ -393,145 +377,6 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
 }
 
 impl Cluster {
-    /// Creates (or finds) the streams and buckets every node shares.
-    async fn set_up(&self) -> anyhow::Result<()> {
-        let updates = self
-            .js
-            .get_or_create_stream(stream::Config {
-                name: UPDATES_STREAM.to_owned(),
-                subjects: vec!["sova.u.>".to_owned()],
-                max_bytes: i64::try_from(self.history_max_bytes).unwrap_or(i64::MAX),
-                max_age: self.history_max_age,
-                storage: self.storage,
-                num_replicas: self.replicas,
-                discard: stream::DiscardPolicy::Old,
-                ..Default::default()
-            })
-            .await
-            .context("stream SOVA_UPDATES")?;
-        let snapshots = self
-            .js
-            .get_or_create_stream(stream::Config {
-                name: SNAPSHOTS_STREAM.to_owned(),
-                subjects: vec!["sova.snap.>".to_owned()],
-                max_messages_per_subject: 1,
-                max_age: self.history_max_age,
-                storage: self.storage,
-                num_replicas: self.replicas,
-                discard: stream::DiscardPolicy::Old,
-                ..Default::default()
-            })
-            .await
-            .context("stream SOVA_SNAPSHOTS")?;
-        let nodes = self
-            .bucket(NODES_BUCKET, self.expiry)
-            .await
-            .context("bucket sova_nodes")?;
-        let names = self
-            .bucket(NAMES_BUCKET, Duration::ZERO)
-            .await
-            .context("bucket sova_names")?;
-        let counts = self
-            .bucket(COUNTS_BUCKET, Duration::ZERO)
-            .await
-            .context("bucket sova_counts")?;
-        // The watch knows it has every current entry when one arrives with nothing pending
-        // after it: with this marker, that moment comes even when no instance is registered.
-        match names.create(NAMES_MARKER, "{}".into()).await {
-            Ok(_) => {}
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(err) => return Err(err).context("bucket sova_names"),
-        }
-        let created = updates.cached_info().created.unix_timestamp_nanos();
-        // Never 0 (0 means "not known yet").
-        let epoch = u64::try_from(created.rem_euclid(i128::from(u64::MAX)))
-            .unwrap_or(1)
-            .max(1);
-        *lock(&self.prepared) = Some((
-            Arc::new(Objects {
-                updates,
-                snapshots,
-                nodes,
-                names,
-                counts,
-            }),
-            epoch,
-        ));
-        Ok(())
-    }
-
-    /// Whether no other live node uses this node's name. A heartbeat under the name that
-    /// is recent may be this node's own previous run (a crash, a quick restart): only one
-    /// that is renewed while we watch is a live twin.
-    async fn name_is_free(&self) -> bool {
-        let Some((objects, _)) = lock(&self.prepared).clone() else {
-            return true;
-        };
-        let Ok(Some(first)) = objects.nodes.entry(self.node.clone()).await else {
-            return true;
-        };
-        if first.operation != kv::Operation::Put {
-            return true;
-        }
-        let beat_every = self.expiry / 4;
-        tokio::time::sleep(beat_every + Duration::from_millis(500)).await;
-        match objects.nodes.entry(self.node.clone()).await {
-            Ok(Some(again)) => {
-                again.operation != kv::Operation::Put || again.revision == first.revision
-            }
-            _ => true,
-        }
-    }
-
-    /// After NATS came back: if it lost the update stream (memory storage, a wiped store),
-    /// the stream is recreated with a new epoch and every `seq` this node handed out means
-    /// nothing any more, so its instances are closed and reconnect from scratch.
-    async fn check_history_survived(&self, registry: &Registry) -> anyhow::Result<()> {
-        let before = self.epoch();
-        self.set_up().await?;
-        self.publish_objects();
-        if self.epoch() != before {
-            self.rewatch.notify_one();
-            let closed = registry.close_all(&DisconnectReason::Rejected(
-                "The cluster lost its history: reconnect".to_owned(),
-            ));
-            warn!(
-                closed,
-                "Cluster: NATS lost the update stream; this node's instances must reconnect"
-            );
-        }
-        Ok(())
-    }
-
-    /// Makes the objects prepared by `set_up` the ones in use: cluster service starts.
-    fn publish_objects(&self) {
-        if let Some((objects, epoch)) = lock(&self.prepared).take() {
-            *self.objects.write().unwrap_or_else(|p| p.into_inner()) = Some(objects);
-            self.epoch.store(epoch, Ordering::Relaxed);
-        }
-    }
-
-    /// A KV bucket, created as `create_key_value` would: its account-info request does
-    /// not parse against nats-server 2.9 (Debian's), so the bucket's stream is made here.
-    async fn bucket(&self, name: &str, max_age: Duration) -> anyhow::Result<kv::Store> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{name}"),
-                subjects: vec![format!("$KV.{name}.>")],
-                max_messages_per_subject: 1,
-                max_age,
-                storage: self.storage,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                num_replicas: self.replicas,
-                ..Default::default()
-            })
-            .await?;
-        Ok(self.js.get_key_value(name).await?)
-    }
-
     /// Says this node is alive, and corrects its own instance count.
     async fn heartbeat(&self, registry: &Registry) -> anyhow::Result<()> {
         let objects = self.objects().context("not set up")?;

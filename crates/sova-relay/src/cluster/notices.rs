@@ -15,6 +15,7 @@ use std::time::Duration;
 use tracing::debug;
 use uuid::Uuid;
 
+use super::objects::updates_subject;
 use super::Cluster;
 use crate::session::{RemoteNotice, Session};
 
@@ -64,7 +65,7 @@ impl Cluster {
         let Some(objects) = self.objects() else {
             return;
         };
-        let subject = format!("sova.u.{}", session.cluster_key);
+        let subject = updates_subject(&session.cluster_key);
         let caught_up = async {
             // No message for the session, or NATS away: nothing this node could wait for.
             let Ok(last) = objects
