@@ -188,10 +188,11 @@ impl PendingBroadcast {
         PendingBroadcast { frame }
     }
 
-    /// The encoded body so far (without the length prefix and `seq`), to carry the
-    /// broadcast to another relay node, which rebuilds it with [`PendingBroadcast::from_body`].
-    pub fn body(&self) -> &[u8] {
-        &self.frame[FRAME_HEADER_LEN..]
+    /// The encoded body so far (without the length prefix and `seq`), without a copy, to
+    /// carry the broadcast to another relay node, which rebuilds it with
+    /// [`PendingBroadcast::from_body`].
+    pub fn into_body(self) -> Bytes {
+        self.frame.freeze().slice(FRAME_HEADER_LEN..)
     }
 
     /// A broadcast that [`PendingBroadcast::body`] produced on this or another relay node.

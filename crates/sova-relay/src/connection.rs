@@ -504,8 +504,10 @@ impl Connection {
         let (delivered, frame_len) = match &self.shared.registry.cluster {
             None => session.broadcast(source, pending),
             // Every node delivers it from the cluster's stream, this one too.
-            Some(cluster) if Box::pin(cluster.publish(session, source, &pending)).await => return,
-            Some(_) => session.broadcast_unsequenced(source, pending),
+            Some(cluster) => match Box::pin(cluster.publish(session, source, pending)).await {
+                Ok(()) => return,
+                Err(pending) => session.broadcast_unsequenced(source, pending),
+            },
         };
         debug!(recipients = delivered, bytes = frame_len, "Relayed update");
         self.shared

@@ -61,6 +61,8 @@ struct Feed {
     acked: AtomicU64,
     /// Told each time `last_seq` moves.
     advanced: Notify,
+    /// Where the session's broadcasts are published (cheap to clone).
+    updates_subject: async_nats::Subject,
     /// Notices about other nodes' instances held while the same instance's departure
     /// waits (see `cluster::notices`).
     held_notices: Mutex<HashMap<Uuid, Vec<RemoteNotice>>>,
@@ -132,6 +134,16 @@ impl Session {
             Sequencer::Local => (Uuid::new_v4().as_u64_pair().0, false),
             Sequencer::Cluster { epoch } => (epoch, true),
         };
+        let feed = clustered.then(|| {
+            Box::new(Feed {
+                closed: CancellationToken::new(),
+                ready: watch::Sender::new(false),
+                acked: AtomicU64::new(0),
+                advanced: Notify::new(),
+                updates_subject: crate::cluster::updates_subject(&cluster_key).into(),
+                held_notices: Mutex::new(HashMap::new()),
+            })
+        });
         Session {
             label,
             cluster_key,
@@ -147,15 +159,7 @@ impl Session {
                 keeps_history: clustered,
                 snapshot: None,
             }),
-            feed: clustered.then(|| {
-                Box::new(Feed {
-                    closed: CancellationToken::new(),
-                    ready: watch::Sender::new(false),
-                    acked: AtomicU64::new(0),
-                    advanced: Notify::new(),
-                    held_notices: Mutex::new(HashMap::new()),
-                })
-            }),
+            feed,
         }
     }
 
@@ -196,6 +200,14 @@ impl Session {
     /// `seq` of the latest broadcast delivered here.
     pub(crate) fn last_seq(&self) -> u64 {
         self.lock().last_seq
+    }
+
+    /// Where the session's broadcasts are published in a cluster.
+    pub(crate) fn updates_subject(&self) -> async_nats::Subject {
+        match &self.feed {
+            Some(feed) => feed.updates_subject.clone(),
+            None => crate::cluster::updates_subject(&self.cluster_key).into(),
+        }
     }
 
     /// Waits until the broadcast `seq` (or a later one) was delivered here.

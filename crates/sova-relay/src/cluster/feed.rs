@@ -57,23 +57,26 @@ impl Cluster {
         tokio::spawn(run_feed(self.clone(), session.clone()));
     }
 
-    /// Publishes a local instance's update to its session's subject. False when NATS is
-    /// away: the caller then delivers it on this node only.
+    /// Publishes a local instance's update to its session's subject. `Err` gives the
+    /// broadcast back when NATS is away: the caller then delivers it on this node only.
     pub(crate) async fn publish(
         &self,
         session: &Arc<Session>,
         source: &Arc<Member>,
-        pending: &PendingBroadcast,
-    ) -> bool {
+        pending: PendingBroadcast,
+    ) -> Result<(), PendingBroadcast> {
         if !self.is_available() {
-            return false;
+            return Err(pending);
         }
         let mut headers = HeaderMap::new();
         headers.insert(SOURCE_ID, source.id.to_string().as_str());
         headers.insert(LINEAGE, source.lineage.to_string().as_str());
-        let subject = updates_subject(&session.cluster_key);
-        let body = Bytes::copy_from_slice(pending.body());
-        match self.js.publish_with_headers(subject, headers, body).await {
+        let body = pending.into_body();
+        let published = self
+            .js
+            .publish_with_headers(session.updates_subject(), headers, body.clone())
+            .await;
+        match published {
             Ok(ack) => {
                 self.published.increment(1);
                 source.published.fetch_add(1, Ordering::Relaxed);
@@ -84,12 +87,12 @@ impl Cluster {
                     ack,
                 };
                 let _ = self.acks.send(pending).await;
-                true
+                Ok(())
             }
             Err(err) => {
                 crate::metrics::cluster_publish_failed();
                 warn!(error = %err, "Cluster: publishing an update failed; delivered on this node only");
-                false
+                Err(PendingBroadcast::from_body(&body))
             }
         }
     }

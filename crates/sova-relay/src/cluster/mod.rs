@@ -33,6 +33,7 @@ use crate::Config;
 
 pub(crate) use kick::RemoteKick;
 pub(crate) use names::Claim;
+pub(crate) use objects::updates_subject;
 use objects::Objects;
 pub(crate) use view::RemoteInstance;
 

@@ -34,7 +34,7 @@ pub(super) struct Objects {
 }
 
 /// Where a session's broadcasts go (`cluster_key`: see `session_key`).
-pub(super) fn updates_subject(cluster_key: &str) -> String {
+pub(crate) fn updates_subject(cluster_key: &str) -> String {
     format!("{UPDATES_PREFIX}.{cluster_key}")
 }
 
