@@ -15,8 +15,12 @@ use std::time::Duration;
 use tracing::debug;
 use uuid::Uuid;
 
+use sova_relay_protocol::{encode_frame, Message};
+
+use super::names::NameValue;
 use super::objects::updates_subject;
 use super::Cluster;
+use crate::registry::Member;
 use crate::session::{RemoteNotice, Session};
 
 /// How long a departure waits for the feed (NATS slow or away): then it is told anyway.
@@ -82,6 +86,41 @@ impl Cluster {
             .is_err()
         {
             debug!(session = %session.label, "Cluster: feed still behind; telling a departure anyway");
+        }
+    }
+}
+
+impl RemoteNotice {
+    /// `InstanceDisconnected` for an instance of another node, to every recipient but
+    /// `except`; told once its last updates reached them.
+    pub(super) fn left(
+        left: &NameValue,
+        recipients: &Arc<[Arc<Member>]>,
+        except: Option<Uuid>,
+    ) -> Self {
+        RemoteNotice {
+            instance: left.id,
+            frame: encode_frame(&Message::InstanceDisconnected {
+                instance_id: left.id,
+                instance_name: left.name.clone(),
+            }),
+            departure: true,
+            recipients: recipients.clone(),
+            except,
+        }
+    }
+
+    /// `InstanceConnected` for an instance of another node, to the `presence` recipients.
+    pub(super) fn joined(joined: &NameValue, recipients: &Arc<[Arc<Member>]>) -> Self {
+        RemoteNotice {
+            instance: joined.id,
+            frame: encode_frame(&Message::InstanceConnected {
+                instance_id: joined.id,
+                instance_name: joined.name.clone(),
+            }),
+            departure: false,
+            recipients: recipients.clone(),
+            except: None,
         }
     }
 }

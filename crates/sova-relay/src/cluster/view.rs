@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use sova_relay_protocol::{encode_frame, InstanceInfo, Message};
+use sova_relay_protocol::InstanceInfo;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::names::{add_count, claimed_elsewhere, name_key, read_counts, set_count, NameValue};
 use super::{hex, lock, Cluster};
 use crate::reason::DisconnectReason;
-use crate::registry::{Member, Registry};
+use crate::registry::Registry;
 use crate::session::{RemoteNotice, Session};
 
 /// An instance registered on another node.
@@ -143,10 +143,13 @@ impl Cluster {
                 let recipients = state.members.clone();
                 let is_new = previous.as_ref().is_none_or(|p| p.value.id != value.id);
                 if let Some(previous) = previous.filter(|p| p.value.id != value.id) {
-                    self.tell_left(&session, &recipients, &previous.value, Some(value.id));
+                    self.notify(
+                        &session,
+                        RemoteNotice::left(&previous.value, &recipients, Some(value.id)),
+                    );
                 }
                 if !own && is_new {
-                    self.tell_joined(&session, &recipients, &value);
+                    self.notify(&session, RemoteNotice::joined(&value, &recipients));
                 }
                 drop(state);
                 if own {
@@ -180,7 +183,10 @@ impl Cluster {
                 let state = session.lock();
                 match self.remove_from_view(&session_key, &entry.key) {
                     Some(previous) => {
-                        self.tell_left(&session, &state.members, &previous.value, None);
+                        self.notify(
+                            &session,
+                            RemoteNotice::left(&previous.value, &state.members, None),
+                        );
                     }
                     None => {
                         drop(state);
@@ -292,7 +298,10 @@ impl Cluster {
         };
         for (session_key, value) in gone {
             if let Some(session) = registry.session_by_key(&session_key) {
-                self.tell_left(&session, &session.members(), &value, None);
+                self.notify(
+                    &session,
+                    RemoteNotice::left(&value, &session.members(), None),
+                );
             }
         }
     }
@@ -409,56 +418,6 @@ impl Cluster {
             }
         }
         Ok(())
-    }
-}
-
-impl Cluster {
-    /// Tells this node's members that an instance of another node left (once its last
-    /// updates reached them: see `notices`).
-    fn tell_left(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        recipients: &Arc<[Arc<Member>]>,
-        left: &NameValue,
-        except: Option<Uuid>,
-    ) {
-        let frame = encode_frame(&Message::InstanceDisconnected {
-            instance_id: left.id,
-            instance_name: left.name.clone(),
-        });
-        self.notify(
-            session,
-            RemoteNotice {
-                instance: left.id,
-                frame,
-                departure: true,
-                recipients: recipients.clone(),
-                except,
-            },
-        );
-    }
-
-    /// Tells this node's `presence` members that an instance joined on another node.
-    fn tell_joined(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        recipients: &Arc<[Arc<Member>]>,
-        joined: &NameValue,
-    ) {
-        let frame = encode_frame(&Message::InstanceConnected {
-            instance_id: joined.id,
-            instance_name: joined.name.clone(),
-        });
-        self.notify(
-            session,
-            RemoteNotice {
-                instance: joined.id,
-                frame,
-                departure: false,
-                recipients: recipients.clone(),
-                except: None,
-            },
-        );
     }
 }
 
