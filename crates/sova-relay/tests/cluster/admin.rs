@@ -3,7 +3,7 @@
 
 use sova_relay_protocol::Message;
 
-use crate::harness::{http_request, join, Cluster};
+use crate::harness::{http_request, join, next_is_connected, Cluster};
 
 const ADMIN_TOKEN: &str = "cluster-admin-secret";
 
@@ -20,10 +20,7 @@ async fn an_instance_is_kicked_through_another_node() {
     let token = "kick-jam";
     let (mut watcher, _) = join(&cluster, 0, "watcher", token, &["presence"]).await;
     let (mut target, _) = join(&cluster, 1, "target", token, &[]).await;
-    match watcher.recv().await {
-        Message::InstanceConnected { instance_name, .. } => assert_eq!(instance_name, "target"),
-        other => panic!("watcher: expected target's arrival, got {other:?}"),
-    }
+    next_is_connected(&mut watcher, "target").await;
 
     // Sent to node-0, which does not hold the instance.
     let path = format!("/api/instances/{}", target.id);
@@ -69,16 +66,7 @@ async fn an_instance_is_kicked_through_another_node() {
 
     // A node that does not answer: the operator is told which, the kick is not claimed.
     let (_frozen, _) = join(&cluster, 1, "frozen", token, &[]).await;
-    let frozen_id = match watcher.recv().await {
-        Message::InstanceConnected {
-            instance_name,
-            instance_id,
-        } => {
-            assert_eq!(instance_name, "frozen");
-            instance_id
-        }
-        other => panic!("watcher: expected frozen's arrival, got {other:?}"),
-    };
+    let frozen_id = next_is_connected(&mut watcher, "frozen").await;
     cluster.nodes[1].freeze(true);
     let path = format!("/api/instances/{frozen_id}");
     let answer = http_request(cluster.addr(0), "DELETE", &path, &kick_headers()).await;

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::TestClient;
+use uuid::Uuid;
 
 /// Longest wait for something that must happen (a process starting, a node reconnecting).
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -482,4 +483,26 @@ pub async fn join(
         "{name} on node-{node}: {response:?}"
     );
     (client, response)
+}
+
+/// Expects the very next message to be `InstanceConnected` of `name`; its id.
+pub async fn next_is_connected(client: &mut TestClient, name: &str) -> Uuid {
+    match client.recv().await {
+        Message::InstanceConnected {
+            instance_id,
+            instance_name,
+        } if instance_name == name => instance_id,
+        other => panic!("{}: expected {name} to connect, got {other:?}", client.name),
+    }
+}
+
+/// Expects the very next message to be `InstanceDisconnected` of `name`; its id.
+pub async fn next_is_disconnected(client: &mut TestClient, name: &str) -> Uuid {
+    match client.recv().await {
+        Message::InstanceDisconnected {
+            instance_id,
+            instance_name,
+        } if instance_name == name => instance_id,
+        other => panic!("{}: expected {name} to leave, got {other:?}", client.name),
+    }
 }

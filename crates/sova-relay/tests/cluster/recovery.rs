@@ -14,31 +14,9 @@ use sha2::{Digest, Sha256};
 use sova_relay_protocol::{Message, ResumeRequest};
 use uuid::Uuid;
 
-use crate::harness::{join, Cluster, EXPIRY, WAIT};
+use crate::harness::{join, next_is_connected, next_is_disconnected, Cluster, EXPIRY, WAIT};
 use crate::relaying::{payload, read_broadcasts};
 use crate::support::{assert_broadcast, register_message, TestClient};
-
-/// Expects the very next message to be `InstanceConnected` of `name`; its id.
-async fn next_is_connected(client: &mut TestClient, name: &str) -> Uuid {
-    match client.recv().await {
-        Message::InstanceConnected {
-            instance_id,
-            instance_name,
-        } if instance_name == name => instance_id,
-        other => panic!("{}: expected {name} to connect, got {other:?}", client.name),
-    }
-}
-
-/// Expects the very next message to be `InstanceDisconnected` of `name`; its id.
-async fn next_is_disconnected(client: &mut TestClient, name: &str) -> Uuid {
-    match client.recv().await {
-        Message::InstanceDisconnected {
-            instance_id,
-            instance_name,
-        } if instance_name == name => instance_id,
-        other => panic!("{}: expected {name} to leave, got {other:?}", client.name),
-    }
-}
 
 /// Expects an `Error` with exactly `text` and then the end of the connection; presence
 /// events before the error are skipped.

@@ -33,6 +33,26 @@ async fn race(entrants: Vec<(SocketAddr, String, Option<String>)>) -> Vec<(TestC
     results
 }
 
+/// The entrants whose registration succeeded, with their node (entrant `i` raced on node
+/// `i % 3`); every other one must have been refused with `refusal` and closed.
+async fn winners(results: Vec<(TestClient, Message)>, refusal: &str) -> Vec<(usize, TestClient)> {
+    let mut winners = Vec::new();
+    for (i, (mut client, response)) in results.into_iter().enumerate() {
+        if succeeded(&response) {
+            winners.push((i % 3, client));
+        } else {
+            assert_eq!(
+                response,
+                Message::error(refusal),
+                "entrant {i} on node-{}",
+                i % 3
+            );
+            assert!(client.expect_closed().await.is_empty());
+        }
+    }
+    winners
+}
+
 fn succeeded(response: &Message) -> bool {
     matches!(
         response,
@@ -48,21 +68,7 @@ async fn thirty_racing_registrations_of_one_name_across_three_nodes_one_wins() {
     let entrants = (0..30)
         .map(|i| (cluster.addr(i % 3), "x".to_owned(), Some("race".to_owned())))
         .collect();
-    let results = race(entrants).await;
-    let mut winners = Vec::new();
-    for (i, (mut client, response)) in results.into_iter().enumerate() {
-        if succeeded(&response) {
-            winners.push((i % 3, client));
-        } else {
-            assert_eq!(
-                response,
-                Message::error("Instance name 'x' already in use"),
-                "entrant {i} on node-{}",
-                i % 3
-            );
-            assert!(client.expect_closed().await.is_empty());
-        }
-    }
+    let mut winners = winners(race(entrants).await, "Instance name 'x' already in use").await;
     assert_eq!(winners.len(), 1, "exactly one registration of 'x' succeeds");
 
     // The winner holds the name: it is still taken on every node, and a different name in
@@ -92,21 +98,7 @@ async fn max_instances_holds_cluster_wide_under_a_race() {
             (cluster.addr(i % 3), format!("n{i}"), Some(token.to_owned()))
         })
         .collect();
-    let results = race(entrants).await;
-    let mut winners = Vec::new();
-    for (i, (mut client, response)) in results.into_iter().enumerate() {
-        if succeeded(&response) {
-            winners.push((i % 3, client));
-        } else {
-            assert_eq!(
-                response,
-                Message::error("Maximum instances (5) reached"),
-                "n{i} on node-{}",
-                i % 3
-            );
-            assert!(client.expect_closed().await.is_empty());
-        }
-    }
+    let mut winners = winners(race(entrants).await, "Maximum instances (5) reached").await;
     assert_eq!(
         winners.len(),
         5,

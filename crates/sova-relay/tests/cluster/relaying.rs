@@ -441,10 +441,7 @@ async fn presence_is_told_in_order_with_the_updates_of_who_joined_and_left() {
         .await;
         listeners.push(listener);
     }
-    match listeners[0].recv().await {
-        Message::InstanceConnected { instance_name, .. } => assert_eq!(instance_name, "listener-1"),
-        other => panic!("listener-0: expected listener-1's arrival, got {other:?}"),
-    }
+    crate::harness::next_is_connected(&mut listeners[0], "listener-1").await;
     let data = vec![7u8; 16 * 1024];
     const ROUNDS: u64 = 20;
     const UPDATES: u64 = 5;
