@@ -271,6 +271,14 @@ pub struct Config {
     #[arg(long, env = "SOVA_CLUSTER_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=5))]
     pub cluster_replicas: u8,
+
+    /// Update streams the sessions are spread over, by a hash of the session. One stream
+    /// is ordered by one NATS server: more streams share that work among the servers of a
+    /// JetStream cluster. Every node must use the same number (a node with another one
+    /// stops with an error); --cluster-history-max-bytes is divided among the streams.
+    #[arg(long, env = "SOVA_CLUSTER_STREAMS", default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub cluster_streams: u8,
 }
 
 impl std::fmt::Debug for Config {

@@ -191,15 +191,16 @@ impl Registry {
         if let Some(session) = state.sessions.get(token) {
             return session.clone();
         }
-        let sequencer = match &self.cluster {
-            Some(cluster) => Sequencer::Cluster {
-                epoch: cluster.epoch(),
-            },
-            None => Sequencer::Local,
-        };
         let key = match &self.cluster {
             Some(_) => cluster::session_key(token.as_deref()),
             None => String::new(),
+        };
+        let sequencer = match &self.cluster {
+            Some(cluster) => Sequencer::Cluster {
+                epoch: cluster.epoch(),
+                updates_subject: cluster.updates_subject(&key),
+            },
+            None => Sequencer::Local,
         };
         let session = Arc::new(Session::new(
             session_label(token.as_deref()),

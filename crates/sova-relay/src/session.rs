@@ -19,12 +19,16 @@ use crate::outbox::Outbox;
 use crate::registry::Member;
 
 /// How a session is ordered: by this node alone, or by the cluster's shared stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Sequencer {
     /// `seq` counted here: 1, 2, 3…
     Local,
     /// `seq` from the cluster's stream: increasing, shared by every node, not contiguous.
-    Cluster { epoch: u64 },
+    Cluster {
+        epoch: u64,
+        /// Where the session's broadcasts are published.
+        updates_subject: async_nats::Subject,
+    },
 }
 
 /// Bounds of a session's history.
@@ -132,18 +136,21 @@ impl Session {
     ) -> Self {
         let (epoch, clustered) = match sequencer {
             Sequencer::Local => (Uuid::new_v4().as_u64_pair().0, false),
-            Sequencer::Cluster { epoch } => (epoch, true),
+            Sequencer::Cluster { epoch, .. } => (epoch, true),
         };
-        let feed = clustered.then(|| {
-            Box::new(Feed {
+        let feed = match sequencer {
+            Sequencer::Local => None,
+            Sequencer::Cluster {
+                updates_subject, ..
+            } => Some(Box::new(Feed {
                 closed: CancellationToken::new(),
                 ready: watch::Sender::new(false),
                 acked: AtomicU64::new(0),
                 advanced: Notify::new(),
-                updates_subject: crate::cluster::updates_subject(&cluster_key).into(),
+                updates_subject,
                 held_notices: Mutex::new(HashMap::new()),
-            })
-        });
+            })),
+        };
         Session {
             label,
             cluster_key,
@@ -202,12 +209,9 @@ impl Session {
         self.lock().last_seq
     }
 
-    /// Where the session's broadcasts are published in a cluster.
-    pub(crate) fn updates_subject(&self) -> async_nats::Subject {
-        match &self.feed {
-            Some(feed) => feed.updates_subject.clone(),
-            None => crate::cluster::updates_subject(&self.cluster_key).into(),
-        }
+    /// Where the session's broadcasts are published in a cluster (`None`: not clustered).
+    pub(crate) fn updates_subject(&self) -> Option<&async_nats::Subject> {
+        self.feed.as_ref().map(|feed| &feed.updates_subject)
     }
 
     /// Waits until the broadcast `seq` (or a later one) was delivered here.

@@ -12,6 +12,8 @@
 //! - NATS restarted mid-test: `/readyz` 503 meanwhile, nodes recover without a restart;
 //!   an update NATS refuses is reported to its sender;
 //! - a late joiner on another node gets the session's snapshot;
+//! - sessions spread over several update streams (`--cluster-streams`) keep their order and
+//!   resume anywhere; a node spreading them another way stops with a one-line error;
 //! - an operator kicks an instance through any node;
 //! - partition repair: a live instance whose entry another node deleted claims its name
 //!   again (or is closed if the name was taken meanwhile); NATS back without its memory
@@ -45,12 +47,12 @@ mod recovery;
 mod registry;
 #[path = "cluster/relaying.rs"]
 mod relaying;
+#[path = "cluster/streams.rs"]
+mod streams;
 // The raw protocol client of the `it` tests; this binary uses only part of that module.
 #[allow(dead_code)]
 #[path = "it/support.rs"]
 mod support;
-
-use std::time::Duration;
 
 use harness::{relay_command, Cluster, Node, WAIT};
 
@@ -71,6 +73,7 @@ fn help_documents_the_cluster_flags() {
         "--cluster-nats-ca",
         "--cluster-history-max-bytes",
         "--cluster-storage",
+        "--cluster-streams",
     ] {
         assert!(
             help.contains(flag),
@@ -103,25 +106,7 @@ async fn a_node_name_held_by_a_live_node_is_refused_with_a_one_line_error() {
     let Some(cluster) = Cluster::start("duplicate-name", 1, &[]).await else {
         return;
     };
-    let mut twin = relay_command()
-        .args(harness::node_args(&cluster.nats.url(), "node-0"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = twin.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = twin.kill();
-            let _ = twin.wait();
-            panic!("a second node-0 kept running for {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = twin.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, stderr) = harness::run_to_exit(&harness::node_args(&cluster.nats.url(), "node-0"));
     assert_eq!(status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.starts_with("sova-relay: "), "{stderr}");

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::objects::{snapshots_subject, updates_subject};
+use super::objects::snapshots_subject;
 use super::{Cluster, PendingAck};
 use crate::registry::Member;
 use crate::session::{PublishedSnapshot, Session};
@@ -65,16 +65,16 @@ impl Cluster {
         source: &Arc<Member>,
         pending: PendingBroadcast,
     ) -> Result<(), PendingBroadcast> {
-        if !self.is_available() {
+        let Some(subject) = session.updates_subject().filter(|_| self.is_available()) else {
             return Err(pending);
-        }
+        };
         let mut headers = HeaderMap::new();
         headers.insert(SOURCE_ID, source.id.to_string().as_str());
         headers.insert(LINEAGE, source.lineage.to_string().as_str());
         let body = pending.into_body();
         let published = self
             .js
-            .publish_with_headers(session.updates_subject(), headers, body.clone())
+            .publish_with_headers(subject.clone(), headers, body.clone())
             .await;
         match published {
             Ok(ack) => {
@@ -263,7 +263,8 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
     let mut reconnected = cluster.reconnections.subscribe();
     reconnected.borrow_and_update();
     let objects = cluster.objects().context("cluster not set up yet")?;
-    let updates_subject = updates_subject(&session.cluster_key);
+    let updates_stream = objects.updates(&session.cluster_key);
+    let updates_subject = cluster.updates_subject(&session.cluster_key).to_string();
     let snapshots_subject = snapshots_subject(&session.cluster_key);
 
     // Where to start: after what this node delivered, or (new here) every broadcast the
@@ -274,10 +275,9 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
             start_sequence: session.last_seq() + 1,
         }
     } else {
-        let info = objects.updates.get_info().await?;
+        let info = updates_stream.get_info().await?;
         session.set_floor(info.state.first_sequence.saturating_sub(1));
-        match objects
-            .updates
+        match updates_stream
             .get_last_raw_message_by_subject(&updates_subject)
             .await
         {
@@ -305,8 +305,7 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
         Err(err) => return Err(err.into()),
     }
 
-    let mut updates = objects
-        .updates
+    let mut updates = updates_stream
         .create_consumer(push::OrderedConfig {
             deliver_subject: cluster.client.new_inbox(),
             filter_subject: updates_subject,
@@ -330,7 +329,7 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
         .messages()
         .await?;
     if catch_up_to.is_none() && !session.is_ready() {
-        session.mark_ready(objects.updates.cached_info().state.last_sequence);
+        session.mark_ready(updates_stream.cached_info().state.last_sequence);
     }
 
     let mut stall_check = tokio::time::interval(STALL_CHECK);

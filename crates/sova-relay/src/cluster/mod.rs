@@ -1,8 +1,8 @@
 //! Cluster mode (`--cluster-nats`): relay nodes that share sessions through NATS JetStream.
 //!
-//! JetStream orders every session (stream `SOVA_UPDATES`: each node publishes its instances'
-//! updates once, and every node with members in the session delivers them from the stream,
-//! so all members see one order); KV buckets hold who is registered (`sova_names`, claimed
+//! JetStream orders every session (stream `SOVA_UPDATES`, or one of `--cluster-streams`
+//! streams: each node publishes its instances' updates once, and every node with members
+//! in the session delivers them from the stream, so all members see one order); KV buckets hold who is registered (`sova_names`, claimed
 //! with `create`/compare-and-set), how many (`sova_counts`) and which nodes are alive
 //! (`sova_nodes`, expiring). docs/SCALING.md describes the design and its failure modes.
 
@@ -33,8 +33,7 @@ use crate::Config;
 
 pub(crate) use kick::RemoteKick;
 pub(crate) use names::Claim;
-pub(crate) use objects::updates_subject;
-use objects::Objects;
+use objects::{LayoutMismatch, Objects, UpdateStreams};
 pub(crate) use view::RemoteInstance;
 
 /// How long a registration waits for the cluster (a session's feed to catch up, a KV
@@ -58,6 +57,8 @@ pub(crate) struct Cluster {
     storage: stream::StorageType,
     /// Replicas of the streams and buckets this node creates (existing ones stay as they are).
     replicas: usize,
+    /// How sessions are spread over update streams.
+    layout: UpdateStreams,
     objects: RwLock<Option<Arc<Objects>>>,
     /// Set up, not yet in use (the node name is being checked).
     prepared: Mutex<Option<(Arc<Objects>, u64)>>,
@@ -171,6 +172,7 @@ impl Cluster {
                 _ => stream::StorageType::File,
             },
             replicas: usize::from(config.cluster_replicas),
+            layout: UpdateStreams::new(config.cluster_streams),
             objects: RwLock::new(None),
             prepared: Mutex::new(None),
             epoch: AtomicU64::new(0),
@@ -244,6 +246,17 @@ impl Cluster {
         self.connected.load(Ordering::Relaxed)
             && self.epoch.load(Ordering::Relaxed) != 0
             && self.watching.load(Ordering::Relaxed)
+    }
+
+    /// Where the broadcasts of the session with this key (see `session_key`) go.
+    pub(crate) fn updates_subject(&self, cluster_key: &str) -> async_nats::Subject {
+        self.layout.subject(cluster_key).into()
+    }
+
+    /// Stops the relay with `reason`: this node cannot take part in the cluster.
+    fn fail(&self, reason: String) {
+        *lock(&self.fatal) = Some(reason);
+        self.failed.cancel();
     }
 
     /// The epoch every node gives the sessions it orders (0: not known yet).
@@ -337,18 +350,17 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
         if history_unchecked {
             match cluster.check_history_survived(&registry).await {
                 Ok(()) => history_unchecked = false,
+                Err(err) if err.is::<LayoutMismatch>() => return cluster.fail(err.to_string()),
                 Err(err) => failing.report("checking the streams after reconnecting", &err),
             }
         }
         if cluster.objects().is_none() {
             match cluster.set_up().await {
                 Ok(()) if !cluster.name_is_free().await => {
-                    *lock(&cluster.fatal) = Some(format!(
+                    return cluster.fail(format!(
                         "node name '{}' is held by a live node of the cluster: give each node its own --node-name",
                         cluster.node
                     ));
-                    cluster.failed.cancel();
-                    return;
                 }
                 Ok(()) => {
                     cluster.publish_objects();
@@ -357,6 +369,7 @@ async fn supervise(cluster: Arc<Cluster>, registry: Arc<Registry>, shutdown: Can
                         "Cluster: streams and buckets ready"
                     );
                 }
+                Err(err) if err.is::<LayoutMismatch>() => return cluster.fail(err.to_string()),
                 Err(err) => {
                     failing.report("setting up the streams and buckets", &err);
                     continue;

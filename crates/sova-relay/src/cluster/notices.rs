@@ -18,7 +18,6 @@ use uuid::Uuid;
 use sova_relay_protocol::{encode_frame, Message};
 
 use super::names::NameValue;
-use super::objects::updates_subject;
 use super::Cluster;
 use crate::registry::Member;
 use crate::session::{RemoteNotice, Session};
@@ -69,11 +68,11 @@ impl Cluster {
         let Some(objects) = self.objects() else {
             return;
         };
-        let subject = updates_subject(&session.cluster_key);
+        let subject = self.updates_subject(&session.cluster_key);
         let caught_up = async {
             // No message for the session, or NATS away: nothing this node could wait for.
             let Ok(last) = objects
-                .updates
+                .updates(&session.cluster_key)
                 .get_last_raw_message_by_subject(&subject)
                 .await
             else {

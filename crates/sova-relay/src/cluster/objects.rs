@@ -1,6 +1,6 @@
 //! The NATS objects every node shares: created (or found) at start and after each
-//! reconnection, checked for a lost history, and the subjects a session's broadcasts and
-//! snapshots go to.
+//! reconnection, checked for a lost history, and the streams and subjects a session's
+//! broadcasts and snapshots go to.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{kv, stream};
+use futures_util::TryStreamExt;
 use tracing::warn;
 
 use super::{lock, Cluster};
@@ -26,16 +27,81 @@ const NAMES_MARKER: &str = "bucket";
 
 /// The NATS objects, once created or found.
 pub(super) struct Objects {
-    pub(super) updates: stream::Stream,
+    /// One per `UpdateStreams` shard, in shard order.
+    updates: Vec<stream::Stream>,
+    layout: UpdateStreams,
     pub(super) snapshots: stream::Stream,
     pub(super) nodes: kv::Store,
     pub(super) names: kv::Store,
     pub(super) counts: kv::Store,
 }
 
-/// Where a session's broadcasts go (`cluster_key`: see `session_key`).
-pub(crate) fn updates_subject(cluster_key: &str) -> String {
-    format!("{UPDATES_PREFIX}.{cluster_key}")
+impl Objects {
+    /// The stream that orders a session's broadcasts.
+    pub(super) fn updates(&self, cluster_key: &str) -> &stream::Stream {
+        &self.updates[self.layout.shard(cluster_key)]
+    }
+}
+
+/// How sessions are spread over update streams (`--cluster-streams`): one stream
+/// `SOVA_UPDATES` with subjects `sova.u.<key>`, or N streams `SOVA_UPDATES_<i>_OF_<N>` with
+/// subjects `sova.u.<i>.<key>`, a session's shard `i` taken from its key. A session's order
+/// needs only its own subject, so spreading keeps every guarantee; but every node must
+/// spread the same way, which `check_layout` makes sure of.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpdateStreams {
+    count: u8,
+}
+
+impl UpdateStreams {
+    pub(crate) fn new(count: u8) -> Self {
+        UpdateStreams {
+            count: count.max(1),
+        }
+    }
+
+    /// Which stream orders the session with this key (see `session_key`: 16 hex digits,
+    /// or `default`, which goes to the first).
+    fn shard(&self, cluster_key: &str) -> usize {
+        let hash = cluster_key
+            .get(..8)
+            .and_then(|prefix| u32::from_str_radix(prefix, 16).ok())
+            .unwrap_or(0);
+        hash as usize % usize::from(self.count)
+    }
+
+    /// Where a session's broadcasts go.
+    pub(crate) fn subject(&self, cluster_key: &str) -> String {
+        if self.count == 1 {
+            format!("{UPDATES_PREFIX}.{cluster_key}")
+        } else {
+            format!("{UPDATES_PREFIX}.{}.{cluster_key}", self.shard(cluster_key))
+        }
+    }
+
+    /// The stream of shard `i`, and the prefix of its subjects.
+    fn stream(&self, i: u8) -> (String, String) {
+        if self.count == 1 {
+            (UPDATES_STREAM.to_owned(), UPDATES_PREFIX.to_owned())
+        } else {
+            (
+                format!("{UPDATES_STREAM}_{i}_OF_{}", self.count),
+                format!("{UPDATES_PREFIX}.{i}"),
+            )
+        }
+    }
+}
+
+/// The cluster's update streams were made by nodes with another `--cluster-streams`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the cluster's update streams ({found}) were made by nodes with another \
+     --cluster-streams than this node's {count}: give every node the same number (to change \
+     it, stop every node and delete those streams, which drops the sessions' history)"
+)]
+pub(super) struct LayoutMismatch {
+    found: String,
+    count: u8,
 }
 
 /// Where a session's snapshots go.
@@ -46,15 +112,22 @@ pub(super) fn snapshots_subject(cluster_key: &str) -> String {
 impl Cluster {
     /// Creates (or finds) the streams and buckets every node shares.
     pub(super) async fn set_up(&self) -> anyhow::Result<()> {
+        self.check_layout().await?;
         // Every session's broadcasts, bounded in bytes; the latest snapshot of each.
-        let updates = self
-            .js
-            .get_or_create_stream(stream::Config {
-                max_bytes: i64::try_from(self.history_max_bytes).unwrap_or(i64::MAX),
-                ..self.history_stream(UPDATES_STREAM, UPDATES_PREFIX)
-            })
-            .await
-            .context("stream SOVA_UPDATES")?;
+        let per_stream = self.history_max_bytes / u64::from(self.layout.count);
+        let mut updates = Vec::with_capacity(usize::from(self.layout.count));
+        for i in 0..self.layout.count {
+            let (name, prefix) = self.layout.stream(i);
+            let stream = self
+                .js
+                .get_or_create_stream(stream::Config {
+                    max_bytes: i64::try_from(per_stream).unwrap_or(i64::MAX),
+                    ..self.history_stream(&name, &prefix)
+                })
+                .await
+                .with_context(|| format!("stream {name}"))?;
+            updates.push(stream);
+        }
         let snapshots = self
             .js
             .get_or_create_stream(stream::Config {
@@ -82,7 +155,12 @@ impl Cluster {
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(err) => return Err(err).context("bucket sova_names"),
         }
-        let created = updates.cached_info().created.unix_timestamp_nanos();
+        // A lost stream is recreated later than all the others: the epoch changes.
+        let created = updates
+            .iter()
+            .map(|stream| stream.cached_info().created.unix_timestamp_nanos())
+            .max()
+            .unwrap_or(1);
         // Never 0 (0 means "not known yet").
         let epoch = u64::try_from(created.rem_euclid(i128::from(u64::MAX)))
             .unwrap_or(1)
@@ -90,6 +168,7 @@ impl Cluster {
         *lock(&self.prepared) = Some((
             Arc::new(Objects {
                 updates,
+                layout: self.layout,
                 snapshots,
                 nodes,
                 names,
@@ -98,6 +177,38 @@ impl Cluster {
             epoch,
         ));
         Ok(())
+    }
+
+    /// Fails with `LayoutMismatch` if NATS holds update streams that this node's
+    /// `--cluster-streams` would not make: its sessions would be ordered apart from the
+    /// other nodes' (a race of two first nodes is caught by NATS: their subjects overlap).
+    async fn check_layout(&self) -> anyhow::Result<()> {
+        let names: Vec<String> = self
+            .js
+            .stream_names()
+            .try_collect()
+            .await
+            .context("listing the streams")?;
+        let ours: Vec<String> = (0..self.layout.count)
+            .map(|i| self.layout.stream(i).0)
+            .collect();
+        let mut foreign: Vec<&String> = names
+            .iter()
+            .filter(|name| name.starts_with(UPDATES_STREAM) && !ours.contains(name))
+            .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        foreign.sort();
+        Err(LayoutMismatch {
+            found: foreign
+                .iter()
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            count: self.layout.count,
+        }
+        .into())
     }
 
     /// Whether no other live node uses this node's name. A heartbeat under the name that
@@ -183,5 +294,41 @@ impl Cluster {
             })
             .await?;
         Ok(self.js.get_key_value(name).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UpdateStreams;
+    use crate::cluster::session_key;
+
+    #[test]
+    fn one_stream_keeps_the_original_names_and_subjects() {
+        let one = UpdateStreams::new(1);
+        let key = session_key(Some("jam"));
+        assert_eq!(one.subject(&key), format!("sova.u.{key}"));
+        assert_eq!(
+            one.stream(0),
+            ("SOVA_UPDATES".to_owned(), "sova.u".to_owned())
+        );
+    }
+
+    #[test]
+    fn sessions_spread_over_every_stream_each_within_its_own_subjects() {
+        let four = UpdateStreams::new(4);
+        let mut used = [0usize; 4];
+        for n in 0..64 {
+            let key = session_key(Some(&format!("session-{n}")));
+            let shard = four.shard(&key);
+            used[shard] += 1;
+            let (_, prefix) = four.stream(shard as u8);
+            assert_eq!(four.subject(&key), format!("{prefix}.{key}"));
+        }
+        assert!(used.iter().all(|&n| n > 0), "{used:?}");
+        assert_eq!(four.shard(&session_key(None)), 0, "the default session");
+        assert_eq!(
+            four.stream(3),
+            ("SOVA_UPDATES_3_OF_4".to_owned(), "sova.u.3".to_owned())
+        );
     }
 }

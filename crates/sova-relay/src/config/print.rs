@@ -140,6 +140,7 @@ impl Config {
                 Some(Value::String(self.cluster_storage.clone())),
             ),
             ("cluster_replicas", Some(integer(self.cluster_replicas))),
+            ("cluster_streams", Some(integer(self.cluster_streams))),
         ]
     }
 }

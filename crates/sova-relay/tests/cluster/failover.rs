@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use sova_relay_protocol::{Message, ResumeRequest};
 use uuid::Uuid;
 
-use crate::harness::{join, Cluster, EXPIRY};
+use crate::harness::{join, resume, Cluster, EXPIRY};
 use crate::relaying::{payload, read_broadcasts};
-use crate::support::{register_message, TestClient};
+use crate::support::TestClient;
 
 /// How long after the kill the survivors may take to tell: the expiry, plus 3 s for the
 /// check interval, the KV watch and a loaded machine.
@@ -139,30 +139,12 @@ async fn resume_after_node_death(resume_node: usize, after_expiry: bool) {
         assert!(gone.duration_since(killed) < DEAD_NODE_BOUND);
     }
 
-    let mut resumed = TestClient::connect(cluster.addr(resume_node)).await;
-    let Message::RegisterInstance {
-        instance_name,
-        version,
-        session_token,
-        capabilities,
-        ..
-    } = register_message("a", "0.1.0", Some(token), Some(&["resume"]))
-    else {
-        unreachable!()
+    let from = ResumeRequest {
+        epoch,
+        seq: last_seq,
+        secret,
     };
-    let response = resumed
-        .register_by(Message::RegisterInstance {
-            instance_name,
-            version,
-            session_token,
-            capabilities,
-            resume: Some(ResumeRequest {
-                epoch,
-                seq: last_seq,
-                secret,
-            }),
-        })
-        .await;
+    let (mut resumed, response) = resume(&cluster, resume_node, "a", token, from).await;
     match &response {
         Message::RegistrationResponse {
             success: true,

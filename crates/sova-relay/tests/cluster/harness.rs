@@ -8,11 +8,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sova_relay_protocol::Message;
+use sova_relay_protocol::{Message, ResumeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::TestClient;
+use crate::support::{register_message, TestClient};
 use uuid::Uuid;
 
 /// Longest wait for something that must happen (a process starting, a node reconnecting).
@@ -483,6 +483,57 @@ pub async fn join(
         "{name} on node-{node}: {response:?}"
     );
     (client, response)
+}
+
+/// Registers `name` on `node` resuming from `seq` of `epoch` with `secret`; the client and
+/// the response (not checked).
+pub async fn resume(
+    cluster: &Cluster,
+    node: usize,
+    name: &str,
+    token: &str,
+    from: ResumeRequest,
+) -> (TestClient, Message) {
+    let mut client = TestClient::connect(cluster.addr(node)).await;
+    let Message::RegisterInstance {
+        instance_name,
+        version,
+        session_token,
+        capabilities,
+        ..
+    } = register_message(name, "0.1.0", Some(token), Some(&["resume"]))
+    else {
+        unreachable!()
+    };
+    let response = client
+        .register_by(Message::RegisterInstance {
+            instance_name,
+            version,
+            session_token,
+            capabilities,
+            resume: Some(from),
+        })
+        .await;
+    (client, response)
+}
+
+/// Runs a node that must stop on its own (within `WAIT`); its exit status and stderr.
+pub fn run_to_exit(args: &[String]) -> (ExitStatus, String) {
+    let mut child = relay_command().args(args).spawn().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sova-relay {args:?} kept running for {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().unwrap();
+    (status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// Expects the very next message to be `InstanceConnected` of `name`; its id.

@@ -14,9 +14,11 @@ use sha2::{Digest, Sha256};
 use sova_relay_protocol::{Message, ResumeRequest};
 use uuid::Uuid;
 
-use crate::harness::{join, next_is_connected, next_is_disconnected, Cluster, EXPIRY, WAIT};
+use crate::harness::{
+    join, next_is_connected, next_is_disconnected, resume, Cluster, EXPIRY, WAIT,
+};
 use crate::relaying::{payload, read_broadcasts};
-use crate::support::{assert_broadcast, register_message, TestClient};
+use crate::support::{assert_broadcast, TestClient};
 
 /// Expects an `Error` with exactly `text` and then the end of the connection; presence
 /// events before the error are skipped.
@@ -49,31 +51,6 @@ fn resume_fields(response: &Message) -> (u64, u64, String) {
             ..
         } => (*epoch, *seq, secret.clone()),
         other => panic!("no resume fields: {other:?}"),
-    }
-}
-
-/// A registration of `name` (capability `resume`) that resumes from `(epoch, seq)`.
-fn resume_message(name: &str, token: &str, epoch: u64, seq: u64, secret: &str) -> Message {
-    let Message::RegisterInstance {
-        instance_name,
-        version,
-        session_token,
-        capabilities,
-        ..
-    } = register_message(name, "0.1.0", Some(token), Some(&["resume"]))
-    else {
-        unreachable!()
-    };
-    Message::RegisterInstance {
-        instance_name,
-        version,
-        session_token,
-        capabilities,
-        resume: Some(ResumeRequest {
-            epoch,
-            seq,
-            secret: secret.to_owned(),
-        }),
     }
 }
 
@@ -429,10 +406,12 @@ async fn a_resume_on_another_node_with_a_foreign_epoch_must_resync() {
     // Back on node-1 with an epoch that is not the cluster's: registered, but told to
     // rebuild its state; nothing is replayed, live broadcasts follow.
     let foreign = epoch.wrapping_add(1);
-    let mut resync = TestClient::connect(cluster.addr(1)).await;
-    let response = resync
-        .register_by(resume_message("a", token, foreign, last_seq, &secret))
-        .await;
+    let from = ResumeRequest {
+        epoch: foreign,
+        seq: last_seq,
+        secret: secret.clone(),
+    };
+    let (mut resync, response) = resume(&cluster, 1, "a", token, from).await;
     match &response {
         Message::RegistrationResponse {
             success: true,
@@ -454,10 +433,12 @@ async fn a_resume_on_another_node_with_a_foreign_epoch_must_resync() {
 
     // The same point with the cluster's epoch, on node-2: everything after it is replayed
     // (b's 5..=10, never a's own), and the resynced connection is replaced.
-    let mut resumed = TestClient::connect(cluster.addr(2)).await;
-    let response = resumed
-        .register_by(resume_message("a", token, epoch, last_seq, &secret))
-        .await;
+    let from = ResumeRequest {
+        epoch,
+        seq: last_seq,
+        secret,
+    };
+    let (mut resumed, response) = resume(&cluster, 2, "a", token, from).await;
     assert!(
         matches!(
             &response,
