@@ -81,6 +81,9 @@ struct SoakArgs {
     /// counts.
     #[arg(long, default_value_t = 0)]
     nodes: usize,
+    /// With --nodes: the nodes' --cluster-streams (sessions spread over this many streams).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    cluster_streams: u8,
     /// The nats-server binary for --nodes (default: on the PATH, else /usr/sbin/nats-server).
     #[arg(long)]
     nats_bin: Option<PathBuf>,
@@ -283,6 +286,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         rss_max_growth_pct: args.rss_max_growth_pct,
         rss_max_growth_mib: args.rss_max_growth_mib,
         nodes: args.nodes,
+        cluster_streams: args.cluster_streams,
         nats_bin: args.nats_bin,
     };
     let outcome = sova_relay_bench::soak::run(&options).await?;

@@ -96,7 +96,7 @@ async fn a_short_cluster_soak_passes() {
         seed: 7,
         relay_bin: Some(relay),
         sizes: soak::Sizes {
-            sessions: 1,
+            sessions: 2,
             churners: 1,
             abusers: 0,
             slow_consumers: 0,
@@ -105,6 +105,8 @@ async fn a_short_cluster_soak_passes() {
         rss_max_growth_pct: 100.0,
         rss_max_growth_mib: 64,
         nodes: 3,
+        // Sessions over several streams, as a large deployment runs.
+        cluster_streams: 3,
         nats_bin: Some(nats),
     };
     let outcome = soak::run(&options).await.expect("the cluster soak runs");

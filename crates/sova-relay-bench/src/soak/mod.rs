@@ -70,6 +70,8 @@ pub struct Options {
     /// the only disturbances, `seq`s are checked to increase (not to be contiguous), and
     /// `/metrics` is not compared with the clients' counts.
     pub nodes: usize,
+    /// `--cluster-streams` of every node (with `nodes`).
+    pub cluster_streams: u8,
     /// `nats-server` for a cluster (default: on the PATH, else /usr/sbin/nats-server).
     pub nats_bin: Option<PathBuf>,
 }
@@ -213,7 +215,15 @@ async fn start_cluster(
     for i in 0..options.nodes {
         let node_log = PathBuf::from(format!("{}-node{i}.log", stem.display()));
         let name = format!("soak-node-{i}");
-        let node = Relay::start_node(bin, settings, &node_log, server.addr, &name).await?;
+        let node = Relay::start_node(
+            bin,
+            settings,
+            &node_log,
+            server.addr,
+            &name,
+            options.cluster_streams,
+        )
+        .await?;
         relays.push(node);
         logs.push(node_log);
     }
@@ -223,7 +233,7 @@ async fn start_cluster(
         .map(|(r, log)| format!("pid {} on {} (log {})", r.pid, r.addr, log.display()))
         .collect();
     let header = format!(
-        "cluster: {} relay nodes of {} on nats-server -js (pid {}) at {}: {}; logs kept only if the run fails\n\
+        "cluster: {} relay nodes of {} on nats-server -js (pid {}) at {}, {} update stream(s): {}; logs kept only if the run fails\n\
          cluster mode: clients join the nodes round-robin and resume on the next node; churn and kicks (through node 0) are the only disturbances; \
          seq checked to increase (a cluster's seqs are not contiguous) and the seq span accounting skipped; \
          RSS and CPU are node 0's; /metrics not compared with the clients' counts (one process per node)",
@@ -231,6 +241,7 @@ async fn start_cluster(
         bin.display(),
         server.pid,
         server.addr,
+        options.cluster_streams,
         nodes.join(", ")
     );
     Ok((relays, logs, Some((server, store)), header))

@@ -93,12 +93,15 @@ impl Relay {
         log: &Path,
         nats: SocketAddr,
         name: &str,
+        streams: u8,
     ) -> anyhow::Result<Relay> {
         let cluster = [
             "--cluster-nats".to_owned(),
             format!("nats://{nats}"),
             "--node-name".to_owned(),
             name.to_owned(),
+            "--cluster-streams".to_owned(),
+            streams.to_string(),
         ];
         Relay::spawn(bin, settings, log, &cluster, "/readyz").await
     }
