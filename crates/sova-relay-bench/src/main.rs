@@ -81,6 +81,11 @@ struct SoakArgs {
     /// counts.
     #[arg(long, default_value_t = 0)]
     nodes: usize,
+    /// Share (0 to 1) of the well-behaved clients' connections (long-lived members,
+    /// churners, resumes) made over WebSocket (`GET /ws`) instead of framed TCP; abusers,
+    /// slow consumers and bad input stay on TCP.
+    #[arg(long, default_value_t = 0.3)]
+    websocket_share: f64,
     /// With --nodes: the nodes' --cluster-streams (sessions spread over this many streams).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     cluster_streams: u8,
@@ -287,6 +292,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         rss_max_growth_mib: args.rss_max_growth_mib,
         nodes: args.nodes,
         cluster_streams: args.cluster_streams,
+        websocket_share: args.websocket_share.clamp(0.0, 1.0),
         nats_bin: args.nats_bin,
     };
     let outcome = sova_relay_bench::soak::run(&options).await?;

@@ -29,6 +29,7 @@ async fn a_short_soak_passes() {
         rss_max_growth_mib: 64,
         nodes: 0,
         cluster_streams: 1,
+        websocket_share: 0.3,
         nats_bin: None,
     };
     let outcome = soak::run(&options).await.expect("the soak runs");

@@ -67,7 +67,9 @@ async fn life(
     ctx.books
         .ledger
         .registered(reg.id, name, SourceKind::Abuser);
-    let (frames, mut writer) = conn.into_parts();
+    let (frames, mut writer) = conn
+        .into_parts()
+        .ok_or("an abuser connects over framed TCP")?;
     let (pongs_tx, mut pongs_rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read(frames, ctx.clone(), name.to_owned(), pongs_tx));
     let frame =

@@ -86,7 +86,7 @@ impl Client {
         session: String,
         caps: &'static [&'static str],
         sending: Option<Sending>,
-        rng: fastrand::Rng,
+        mut rng: fastrand::Rng,
     ) -> Result<Client, String> {
         let join = Join {
             name: &name,
@@ -95,10 +95,11 @@ impl Client {
             resume: None,
         };
         let node = ctx.pick_node();
-        let (conn, reg) = wire::join(ctx.node_addr(node), &join)
+        let transport = ctx.pick_transport(&mut rng);
+        let (conn, reg) = wire::join_over(transport, ctx.node_addr(node), &join)
             .await
             .map_err(|err| err.to_string())??;
-        add(&ctx.books.tally.framed_connections, 1);
+        ctx.books.tally.connected(transport);
         add(&ctx.books.tally.registrations, 1);
         ctx.books.verdicts.pass(Inv::Undisturbed);
         ctx.books.ledger.registered(reg.id, &name, kind_of(sending));

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::kick::Kickable;
 use super::receiver::Books;
+use super::wire::Transport;
 
 /// Where the run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,6 +106,8 @@ pub struct Ctx {
     pub kickable: Kickable,
     /// When the run started.
     pub started: Instant,
+    /// Share of well-behaved connections (members, churners, resumes) over WebSocket.
+    pub websocket_share: f64,
 }
 
 impl Ctx {
@@ -136,6 +139,15 @@ impl Ctx {
         match self.nodes.len() {
             0 => 0,
             n => (node + 1) % n,
+        }
+    }
+
+    /// The transport of a well-behaved client's next connection.
+    pub fn pick_transport(&self, rng: &mut fastrand::Rng) -> Transport {
+        if rng.f64() < self.websocket_share {
+            Transport::WebSocket
+        } else {
+            Transport::Tcp
         }
     }
 

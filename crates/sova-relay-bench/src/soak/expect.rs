@@ -129,11 +129,19 @@ pub fn compare(m: &Metrics, books: &Books, live: Live) -> Vec<Row> {
         "every connection whose first byte is not an uppercase letter speaks frames",
     );
     row(
-        "sova_relay_open_connections{transport=\"tcp\"}",
-        m.get("sova_relay_open_connections{transport=\"tcp\"}"),
+        "sova_relay_connections_total{transport=\"websocket\"}",
+        m.get("sova_relay_connections_total{transport=\"websocket\"}"),
+        n(&t.websocket_connections),
+        Rel::Eq,
+        "every WebSocket upgrade the well-behaved clients made",
+    );
+    row(
+        "sova_relay_open_connections{transport=\"tcp\"|\"websocket\"}",
+        m.get("sova_relay_open_connections{transport=\"tcp\"}")
+            + m.get("sova_relay_open_connections{transport=\"websocket\"}"),
         live.instances as f64,
         Rel::Eq,
-        "only the long-lived members are still connected",
+        "only the long-lived members are still connected, over either transport",
     );
     row(
         "sova_relay_instances",

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
+use super::wire::Transport;
+
 /// How a registered instance behaves as a source of updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -149,6 +151,8 @@ tally! {
     registrations,
     /// Connections whose first byte made the relay speak frames: `connections_total{tcp}`.
     framed_connections,
+    /// Registrations over WebSocket: `connections_total{websocket}`.
+    websocket_connections,
     /// HTTP requests made (probes, kicks, bad HTTP).
     http_requests,
     /// Broadcasts well-behaved clients received live (not replayed on resume).
@@ -203,6 +207,19 @@ tally! {
     rej_not_register,
     /// Handshakes left incomplete on purpose (random bytes may add more).
     rej_timeout,
+}
+
+impl Tally {
+    /// A well-behaved client connected over `transport`.
+    pub fn connected(&self, transport: Transport) {
+        add(
+            match transport {
+                Transport::Tcp => &self.framed_connections,
+                Transport::WebSocket => &self.websocket_connections,
+            },
+            1,
+        );
+    }
 }
 
 /// Adds `n` to a total.

@@ -72,6 +72,9 @@ pub struct Options {
     pub nodes: usize,
     /// `--cluster-streams` of every node (with `nodes`).
     pub cluster_streams: u8,
+    /// Share (0 to 1) of the well-behaved clients' connections (members, churners,
+    /// resumes) made over WebSocket instead of framed TCP.
+    pub websocket_share: f64,
     /// `nats-server` for a cluster (default: on the PATH, else /usr/sbin/nats-server).
     pub nats_bin: Option<PathBuf>,
 }
@@ -142,6 +145,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         acks,
         kickable: Default::default(),
         started: Instant::now(),
+        websocket_share: options.websocket_share,
     });
     let mut options = options.clone();
     if ctx.cluster() {

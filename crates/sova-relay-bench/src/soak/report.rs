@@ -62,6 +62,12 @@ fn activity(out: &mut String, ctx: &Ctx) {
     );
     let _ = writeln!(
         out,
+        "  connections: {} framed TCP (every kind of client), {} WebSocket (well-behaved clients)",
+        get(&t.framed_connections),
+        get(&t.websocket_connections)
+    );
+    let _ = writeln!(
+        out,
         "  resuming clients: {} drops (RST), resumed ok {}, resync_required {}",
         get(&t.drops),
         get(&t.resumes_ok),

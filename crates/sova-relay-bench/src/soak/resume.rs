@@ -38,7 +38,7 @@ impl Client {
             mut rx,
             sending,
             mut own,
-            rng,
+            mut rng,
             node,
             ..
         } = self;
@@ -53,12 +53,14 @@ impl Client {
             resume: Some(resume.clone()),
         };
         let node_now = ctx.other_node(node);
-        match wire::join(ctx.node_addr(node_now), &join).await {
+        // Over either transport, whichever the dropped connection used.
+        let transport = ctx.pick_transport(&mut rng);
+        match wire::join_over(transport, ctx.node_addr(node_now), &join).await {
             Ok(Ok((conn, reg))) => {
                 if node_now != node {
                     add(&ctx.books.tally.resumes_moved, 1);
                 }
-                add(&ctx.books.tally.framed_connections, 1);
+                ctx.books.tally.connected(transport);
                 add(&ctx.books.tally.registrations, 1);
                 ctx.books.ledger.registered(reg.id, &name, kind_of(sending));
                 let down = dropped_at.elapsed();

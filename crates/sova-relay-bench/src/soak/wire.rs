@@ -1,18 +1,22 @@
-//! One framed connection to the relay as the soak's clients use it: register (fresh or
-//! resuming), send frames, read whole messages, and leave by a FIN or by a reset.
+//! One connection to the relay as the soak's clients use it, framed TCP or WebSocket
+//! (`GET /ws`, one message body per binary message): register (fresh or resuming), send
+//! frames, read whole messages, and leave by a close (FIN, or a WebSocket close) or by a
+//! reset.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use sova_relay_protocol::{
-    decode_body, encode_frame, FrameCodec, Message, ResumeRequest, UpdateData,
+    decode_body, encode_frame, FrameCodec, Message, ResumeRequest, UpdateData, FRAME_HEADER_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::FramedRead;
 use uuid::Uuid;
 
@@ -52,10 +56,26 @@ pub struct Registered {
     pub members: Vec<Uuid>,
 }
 
+/// How a client reaches the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Length-prefixed frames on TCP.
+    Tcp,
+    /// `GET /ws` on the same port.
+    WebSocket,
+}
+
 /// A registered connection.
 pub struct Conn {
-    frames: FramedRead<OwnedReadHalf, FrameCodec>,
-    writer: OwnedWriteHalf,
+    link: Link,
+}
+
+enum Link {
+    Tcp {
+        frames: FramedRead<OwnedReadHalf, FrameCodec>,
+        writer: OwnedWriteHalf,
+    },
+    WebSocket(Box<WebSocketStream<TcpStream>>),
 }
 
 /// Connects, with `TCP_NODELAY`; `rcvbuf` shrinks the receive buffer (slow consumers).
@@ -86,12 +106,22 @@ pub async fn register_on(
     stream: TcpStream,
     join: &Join<'_>,
 ) -> io::Result<Result<(Conn, Registered), String>> {
-    let (reader, mut writer) = stream.into_split();
-    writer.write_all(&register_frame(join, VERSION)).await?;
-    let mut conn = Conn {
-        frames: FramedRead::new(reader, FrameCodec::new(MAX_FRAME)),
-        writer,
+    let (reader, writer) = stream.into_split();
+    let conn = Conn {
+        link: Link::Tcp {
+            frames: FramedRead::new(reader, FrameCodec::new(MAX_FRAME)),
+            writer,
+        },
     };
+    register(conn, join).await
+}
+
+/// Sends the registration on `conn` and reads the answer.
+async fn register(
+    mut conn: Conn,
+    join: &Join<'_>,
+) -> io::Result<Result<(Conn, Registered), String>> {
+    conn.send(&register_frame(join, VERSION)).await?;
     let reply = tokio::time::timeout(REGISTER_TIMEOUT, conn.next())
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no RegistrationResponse"))?;
@@ -123,7 +153,7 @@ pub async fn register_on(
     }
 }
 
-/// Connects and registers.
+/// Connects over framed TCP and registers.
 pub async fn join(
     addr: SocketAddr,
     join: &Join<'_>,
@@ -131,36 +161,103 @@ pub async fn join(
     register_on(connect(addr, None).await?, join).await
 }
 
+/// Connects over `transport` and registers.
+pub async fn join_over(
+    transport: Transport,
+    addr: SocketAddr,
+    join: &Join<'_>,
+) -> io::Result<Result<(Conn, Registered), String>> {
+    let stream = connect(addr, None).await?;
+    match transport {
+        Transport::Tcp => register_on(stream, join).await,
+        Transport::WebSocket => {
+            let (socket, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+                .await
+                .map_err(io::Error::other)?;
+            let conn = Conn {
+                link: Link::WebSocket(Box::new(socket)),
+            };
+            register(conn, join).await
+        }
+    }
+}
+
 impl Conn {
-    /// Writes one whole frame.
+    /// Writes one whole frame (over WebSocket: its body, as one binary message).
     pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.writer.write_all(frame).await
+        match &mut self.link {
+            Link::Tcp { writer, .. } => writer.write_all(frame).await,
+            Link::WebSocket(socket) => {
+                let body = frame.get(FRAME_HEADER_LEN..).unwrap_or_default();
+                socket
+                    .send(WsMessage::Binary(Bytes::copy_from_slice(body)))
+                    .await
+                    .map_err(io::Error::other)
+            }
+        }
     }
 
     /// The next message; `None` once the relay closed the connection.
     pub async fn next(&mut self) -> Option<io::Result<Message>> {
-        let body = match self.frames.next().await? {
-            Ok(body) => body,
-            Err(err) => return Some(Err(io::Error::new(io::ErrorKind::InvalidData, err))),
-        };
-        Some(decode(body))
+        match &mut self.link {
+            Link::Tcp { frames, .. } => match frames.next().await? {
+                Ok(body) => Some(decode(body)),
+                Err(err) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, err))),
+            },
+            Link::WebSocket(socket) => loop {
+                match socket.next().await? {
+                    Ok(WsMessage::Binary(body)) => return Some(decode(body)),
+                    Ok(WsMessage::Close(_)) => return None,
+                    Ok(WsMessage::Text(_)) => {
+                        let text = "a text message: the relay sends binary ones";
+                        return Some(Err(io::Error::new(io::ErrorKind::InvalidData, text)));
+                    }
+                    Ok(_) => {}
+                    // The relay closed the TCP connection without a close frame (a slow
+                    // consumer cut mid-write): an end, as a FIN is for framed TCP.
+                    Err(tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ))
+                    | Err(tungstenite::Error::ConnectionClosed) => return None,
+                    Err(tungstenite::Error::Io(err)) => return Some(Err(err)),
+                    Err(err) => return Some(Err(io::Error::other(err))),
+                }
+            },
+        }
     }
 
-    /// The two halves, for a client that reads in one task and writes in another.
-    pub fn into_parts(self) -> (FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf) {
-        (self.frames, self.writer)
+    /// The two halves of a framed TCP connection, for a client that reads in one task and
+    /// writes in another; `None` over WebSocket.
+    pub fn into_parts(self) -> Option<(FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf)> {
+        match self.link {
+            Link::Tcp { frames, writer } => Some((frames, writer)),
+            Link::WebSocket(_) => None,
+        }
     }
 
     /// Closes abruptly: a reset, and whatever the relay was still sending is lost.
     pub fn reset(self) {
-        if let Ok(stream) = self.frames.into_inner().reunite(self.writer) {
-            let _ = stream.set_zero_linger();
+        match self.link {
+            Link::Tcp { frames, writer } => {
+                if let Ok(stream) = frames.into_inner().reunite(writer) {
+                    let _ = stream.set_zero_linger();
+                }
+            }
+            Link::WebSocket(socket) => {
+                let _ = socket.get_ref().set_zero_linger();
+            }
         }
     }
 
-    /// Closes our side (FIN), then reads what the relay still sends until it closes too.
+    /// Closes our side (FIN; over WebSocket a close frame), then reads what the relay still
+    /// sends until it closes too.
     pub async fn finish(mut self, within: Duration) -> io::Result<Vec<Message>> {
-        self.writer.shutdown().await?;
+        match &mut self.link {
+            Link::Tcp { writer, .. } => writer.shutdown().await?,
+            Link::WebSocket(socket) => WebSocketStream::close(socket, None)
+                .await
+                .map_err(io::Error::other)?,
+        }
         let mut rest = Vec::new();
         tokio::time::timeout(within, async {
             while let Some(message) = self.next().await {
