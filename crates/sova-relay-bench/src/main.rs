@@ -86,6 +86,10 @@ struct SoakArgs {
     /// slow consumers and bad input stay on TCP.
     #[arg(long, default_value_t = 0.3)]
     websocket_share: f64,
+    /// Share (0 to 1) of the same connections made inside TLS (framed or WebSocket: the
+    /// relay serves both on its one port, with a test certificate made for the run).
+    #[arg(long, default_value_t = 0.3)]
+    tls_share: f64,
     /// With --nodes: the nodes' --cluster-streams (sessions spread over this many streams).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     cluster_streams: u8,
@@ -293,6 +297,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         nodes: args.nodes,
         cluster_streams: args.cluster_streams,
         websocket_share: args.websocket_share.clamp(0.0, 1.0),
+        tls_share: args.tls_share.clamp(0.0, 1.0),
         nats_bin: args.nats_bin,
     };
     let outcome = sova_relay_bench::soak::run(&options).await?;

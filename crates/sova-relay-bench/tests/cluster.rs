@@ -108,6 +108,7 @@ async fn a_short_cluster_soak_passes() {
         // Sessions over several streams, as a large deployment runs.
         cluster_streams: 3,
         websocket_share: 0.3,
+        tls_share: 0.3,
         nats_bin: Some(nats),
     };
     let outcome = soak::run(&options).await.expect("the cluster soak runs");

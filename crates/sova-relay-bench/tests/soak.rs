@@ -30,6 +30,7 @@ async fn a_short_soak_passes() {
         nodes: 0,
         cluster_streams: 1,
         websocket_share: 0.3,
+        tls_share: 0.3,
         nats_bin: None,
     };
     let outcome = soak::run(&options).await.expect("the soak runs");

@@ -1,5 +1,5 @@
-//! Test support shared by the workspace's test suites: what more than one crate's tests
-//! need and that is not the product's own code.
+//! Test support shared by the workspace's test suites and the bench's soak: what more than
+//! one crate's tests need and that is not the product's own code.
 
 use std::path::PathBuf;
 

@@ -8,17 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use sova_relay_protocol::{encode_frame, FrameCodec, Message};
+use sova_relay_protocol::{encode_frame, Message};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 
 use super::ctx::{millis, reached, Ctx, Phase};
 use super::ledger::{add, AbuserLife, SourceKind};
 use super::update;
 use super::verdict::Inv;
-use super::wire::{self, Join};
+use super::wire::{self, FrameReader, Join};
 
 /// Filler bytes of every abuser update (a fixed size keeps the byte count exact).
 const FILLER: usize = 32;
@@ -130,7 +128,7 @@ struct Heard {
 
 /// Reads until the relay closes: rate-limit errors and pongs, nothing else.
 async fn read(
-    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    mut frames: FrameReader,
     ctx: Arc<Ctx>,
     name: String,
     pongs: mpsc::UnboundedSender<u64>,

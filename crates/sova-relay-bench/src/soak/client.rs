@@ -96,7 +96,8 @@ impl Client {
         };
         let node = ctx.pick_node();
         let transport = ctx.pick_transport(&mut rng);
-        let (conn, reg) = wire::join_over(transport, ctx.node_addr(node), &join)
+        let (conn, reg) = ctx
+            .join_over(transport, node, &join)
             .await
             .map_err(|err| err.to_string())??;
         ctx.books.tally.connected(transport);

@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::kick::Kickable;
 use super::receiver::Books;
-use super::wire::Transport;
+use super::wire::{self, Conn, Join, Registered, Transport};
+use tokio_rustls::TlsConnector;
 
 /// Where the run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,6 +49,8 @@ pub struct Settings {
     pub history_max_age: Duration,
     /// `--admin-token`.
     pub admin_token: String,
+    /// `--tls-cert` and `--tls-key`.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// How a long-lived member ended the run, for the cross-member checks.
@@ -108,6 +111,10 @@ pub struct Ctx {
     pub started: Instant,
     /// Share of well-behaved connections (members, churners, resumes) over WebSocket.
     pub websocket_share: f64,
+    /// Share of the same connections inside TLS.
+    pub tls_share: f64,
+    /// Trusts the relay's certificate.
+    pub tls: Option<TlsConnector>,
 }
 
 impl Ctx {
@@ -144,11 +151,24 @@ impl Ctx {
 
     /// The transport of a well-behaved client's next connection.
     pub fn pick_transport(&self, rng: &mut fastrand::Rng) -> Transport {
-        if rng.f64() < self.websocket_share {
-            Transport::WebSocket
-        } else {
-            Transport::Tcp
+        let websocket = rng.f64() < self.websocket_share;
+        let tls = self.tls.is_some() && rng.f64() < self.tls_share;
+        match (websocket, tls) {
+            (false, false) => Transport::Tcp,
+            (false, true) => Transport::Tls,
+            (true, false) => Transport::WebSocket,
+            (true, true) => Transport::WebSocketTls,
         }
+    }
+
+    /// Connects to `node` over `transport` and registers.
+    pub async fn join_over(
+        &self,
+        transport: Transport,
+        node: usize,
+        join: &Join<'_>,
+    ) -> std::io::Result<Result<(Conn, Registered), String>> {
+        wire::join_over(transport, self.node_addr(node), self.tls.as_ref(), join).await
     }
 
     /// The address of `node`.

@@ -8,6 +8,7 @@
 use super::http::Metrics;
 use super::ledger::{get, Tally};
 use super::receiver::Books;
+use super::wire::Transport;
 
 /// How a relay value must relate to the clients' figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,27 +122,42 @@ pub fn compare(m: &Metrics, books: &Books, live: Live) -> Vec<Row> {
     row("sova_relay_disconnects_total (all reasons)", m.sum("sova_relay_disconnects_total"),
         n(&t.registrations) - live.instances as f64, Rel::Eq,
         "every registration that ended, ended once (resumes, churn, kicks, bad input, slow consumers, abusers)");
+    for transport in Transport::ALL {
+        let series = format!(
+            "sova_relay_connections_total{{transport=\"{}\"}}",
+            transport.label()
+        );
+        let why = match transport {
+            Transport::Tcp => {
+                "every connection whose first byte is neither an uppercase letter nor a TLS handshake speaks frames"
+            }
+            Transport::Tls => "every TLS connection the well-behaved clients made for frames",
+            Transport::WebSocket => "every WebSocket upgrade the well-behaved clients made",
+            Transport::WebSocketTls => "every WebSocket upgrade inside TLS",
+        };
+        row(
+            &series,
+            m.get(&series),
+            n(t.connections(transport)),
+            Rel::Eq,
+            why,
+        );
+    }
+    let open: f64 = Transport::ALL
+        .iter()
+        .map(|t| {
+            m.get(&format!(
+                "sova_relay_open_connections{{transport=\"{}\"}}",
+                t.label()
+            ))
+        })
+        .sum();
     row(
-        "sova_relay_connections_total{transport=\"tcp\"}",
-        m.get("sova_relay_connections_total{transport=\"tcp\"}"),
-        n(&t.framed_connections),
-        Rel::Eq,
-        "every connection whose first byte is not an uppercase letter speaks frames",
-    );
-    row(
-        "sova_relay_connections_total{transport=\"websocket\"}",
-        m.get("sova_relay_connections_total{transport=\"websocket\"}"),
-        n(&t.websocket_connections),
-        Rel::Eq,
-        "every WebSocket upgrade the well-behaved clients made",
-    );
-    row(
-        "sova_relay_open_connections{transport=\"tcp\"|\"websocket\"}",
-        m.get("sova_relay_open_connections{transport=\"tcp\"}")
-            + m.get("sova_relay_open_connections{transport=\"websocket\"}"),
+        "sova_relay_open_connections (tcp, tls, websocket, wss)",
+        open,
         live.instances as f64,
         Rel::Eq,
-        "only the long-lived members are still connected, over either transport",
+        "only the long-lived members are still connected, over any transport",
     );
     row(
         "sova_relay_instances",

@@ -151,8 +151,12 @@ tally! {
     registrations,
     /// Connections whose first byte made the relay speak frames: `connections_total{tcp}`.
     framed_connections,
-    /// Registrations over WebSocket: `connections_total{websocket}`.
+    /// Well-behaved connections inside TLS: `connections_total{tls}`.
+    tls_connections,
+    /// Well-behaved connections over WebSocket: `connections_total{websocket}`.
     websocket_connections,
+    /// Well-behaved connections over WebSocket inside TLS: `connections_total{wss}`.
+    wss_connections,
     /// HTTP requests made (probes, kicks, bad HTTP).
     http_requests,
     /// Broadcasts well-behaved clients received live (not replayed on resume).
@@ -212,13 +216,17 @@ tally! {
 impl Tally {
     /// A well-behaved client connected over `transport`.
     pub fn connected(&self, transport: Transport) {
-        add(
-            match transport {
-                Transport::Tcp => &self.framed_connections,
-                Transport::WebSocket => &self.websocket_connections,
-            },
-            1,
-        );
+        add(self.connections(transport), 1);
+    }
+
+    /// Connections over `transport`.
+    pub fn connections(&self, transport: Transport) -> &AtomicU64 {
+        match transport {
+            Transport::Tcp => &self.framed_connections,
+            Transport::Tls => &self.tls_connections,
+            Transport::WebSocket => &self.websocket_connections,
+            Transport::WebSocketTls => &self.wss_connections,
+        }
     }
 }
 

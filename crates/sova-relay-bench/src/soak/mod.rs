@@ -29,6 +29,7 @@ mod report;
 mod resume;
 mod rss;
 mod slow;
+mod tls;
 mod update;
 mod verdict;
 mod wire;
@@ -75,6 +76,8 @@ pub struct Options {
     /// Share (0 to 1) of the well-behaved clients' connections (members, churners,
     /// resumes) made over WebSocket instead of framed TCP.
     pub websocket_share: f64,
+    /// Share (0 to 1) of the same connections made inside TLS (framed or WebSocket).
+    pub tls_share: f64,
     /// `nats-server` for a cluster (default: on the PATH, else /usr/sbin/nats-server).
     pub nats_bin: Option<PathBuf>,
 }
@@ -103,6 +106,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         Some(bin) => bin.clone(),
         None => relay::locate()?,
     };
+    // The relay serves TLS beside plaintext on its one port; the PKI's files live until
+    // the end of the run.
+    let (pki, tls) = tls::set_up()?;
     let settings = Settings {
         rate_limit: 600,
         max_pending_bytes: 256 * 1024,
@@ -112,6 +118,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         history_max_updates: 10_000,
         history_max_age: Duration::from_secs(10),
         admin_token: format!("soak-admin-{:016x}", options.seed),
+        tls: Some((pki.cert.clone(), pki.key.clone())),
     };
     let log = options.relay_log.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("sova-relay-soak-{}.log", std::process::id()))
@@ -146,6 +153,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         kickable: Default::default(),
         started: Instant::now(),
         websocket_share: options.websocket_share,
+        tls_share: options.tls_share,
+        tls: Some(tls),
     });
     let mut options = options.clone();
     if ctx.cluster() {

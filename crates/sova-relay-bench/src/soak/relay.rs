@@ -75,6 +75,12 @@ pub fn args(settings: &Settings, port: u16) -> Vec<String> {
         ("--log-level", "warn".to_owned()),
     ]
     .into_iter()
+    .chain(settings.tls.iter().flat_map(|(cert, key)| {
+        [
+            ("--tls-cert", cert.display().to_string()),
+            ("--tls-key", key.display().to_string()),
+        ]
+    }))
     .flat_map(|(flag, value)| [flag.to_owned(), value])
     .collect()
 }

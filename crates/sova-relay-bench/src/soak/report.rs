@@ -62,9 +62,11 @@ fn activity(out: &mut String, ctx: &Ctx) {
     );
     let _ = writeln!(
         out,
-        "  connections: {} framed TCP (every kind of client), {} WebSocket (well-behaved clients)",
+        "  connections: {} framed TCP (every kind of client); well-behaved clients also {} framed TLS, {} WebSocket, {} WebSocket over TLS",
         get(&t.framed_connections),
-        get(&t.websocket_connections)
+        get(&t.tls_connections),
+        get(&t.websocket_connections),
+        get(&t.wss_connections)
     );
     let _ = writeln!(
         out,

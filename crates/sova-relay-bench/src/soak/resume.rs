@@ -13,7 +13,7 @@ use super::ctx::Ctx;
 use super::ledger::add;
 use super::receiver::Receiver;
 use super::verdict::Inv;
-use super::wire::{self, Join, Registered};
+use super::wire::{Join, Registered};
 
 impl Client {
     /// Drops the connection abruptly (a reset), waits `down`, and resumes. Returns the
@@ -55,7 +55,7 @@ impl Client {
         let node_now = ctx.other_node(node);
         // Over either transport, whichever the dropped connection used.
         let transport = ctx.pick_transport(&mut rng);
-        match wire::join_over(transport, ctx.node_addr(node_now), &join).await {
+        match ctx.join_over(transport, node_now, &join).await {
             Ok(Ok((conn, reg))) => {
                 if node_now != node {
                     add(&ctx.books.tally.resumes_moved, 1);

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::ServerName;
 use sova_relay_protocol::{
     decode_body, encode_frame, FrameCodec, Message, ResumeRequest, UpdateData, FRAME_HEADER_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::FramedRead;
@@ -56,26 +57,67 @@ pub struct Registered {
     pub members: Vec<Uuid>,
 }
 
-/// How a client reaches the relay.
+/// How a client reaches the relay: framed or WebSocket (`GET /ws`), each in the clear or
+/// inside TLS; the relay's `transport` label for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Length-prefixed frames on TCP.
+    /// Length-prefixed frames on TCP: `tcp`.
     Tcp,
-    /// `GET /ws` on the same port.
+    /// Frames inside TLS: `tls`.
+    Tls,
+    /// WebSocket: `websocket`.
     WebSocket,
+    /// WebSocket inside TLS: `wss`.
+    WebSocketTls,
 }
+
+impl Transport {
+    /// Every transport, as the relay labels them.
+    pub const ALL: [Transport; 4] = [
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::WebSocket,
+        Transport::WebSocketTls,
+    ];
+
+    /// The relay's `transport` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::WebSocket => "websocket",
+            Transport::WebSocketTls => "wss",
+        }
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::WebSocketTls)
+    }
+}
+
+/// A byte stream to the relay: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+pub type Stream = Box<dyn Io>;
+
+/// The framed reading half of a connection.
+pub type FrameReader = FramedRead<ReadHalf<Stream>, FrameCodec>;
+/// The writing half of a framed connection.
+pub type FrameWriter = WriteHalf<Stream>;
 
 /// A registered connection.
 pub struct Conn {
     link: Link,
+    /// The same socket (a duplicated descriptor), to reset it whatever runs on top.
+    socket: socket2::Socket,
 }
 
 enum Link {
-    Tcp {
-        frames: FramedRead<OwnedReadHalf, FrameCodec>,
-        writer: OwnedWriteHalf,
+    Framed {
+        frames: FrameReader,
+        writer: FrameWriter,
     },
-    WebSocket(Box<WebSocketStream<TcpStream>>),
+    WebSocket(Box<WebSocketStream<Stream>>),
 }
 
 /// Connects, with `TCP_NODELAY`; `rcvbuf` shrinks the receive buffer (slow consumers).
@@ -101,19 +143,24 @@ pub fn register_frame(join: &Join<'_>, version: &str) -> Bytes {
     })
 }
 
-/// Registers over `stream`: the connection, or the relay's `Error` text.
+/// Registers over `stream`, framed in the clear: the connection, or the relay's `Error`.
 pub async fn register_on(
     stream: TcpStream,
     join: &Join<'_>,
 ) -> io::Result<Result<(Conn, Registered), String>> {
-    let (reader, writer) = stream.into_split();
-    let conn = Conn {
-        link: Link::Tcp {
+    let socket = socket2::SockRef::from(&stream).try_clone()?;
+    register(framed(Box::new(stream), socket), join).await
+}
+
+fn framed(stream: Stream, socket: socket2::Socket) -> Conn {
+    let (reader, writer) = tokio::io::split(stream);
+    Conn {
+        link: Link::Framed {
             frames: FramedRead::new(reader, FrameCodec::new(MAX_FRAME)),
             writer,
         },
-    };
-    register(conn, join).await
+        socket,
+    }
 }
 
 /// Sends the registration on `conn` and reads the answer.
@@ -161,32 +208,44 @@ pub async fn join(
     register_on(connect(addr, None).await?, join).await
 }
 
-/// Connects over `transport` and registers.
+/// Connects over `transport` and registers; `tls` is needed for the TLS transports.
 pub async fn join_over(
     transport: Transport,
     addr: SocketAddr,
+    tls: Option<&TlsConnector>,
     join: &Join<'_>,
 ) -> io::Result<Result<(Conn, Registered), String>> {
-    let stream = connect(addr, None).await?;
-    match transport {
-        Transport::Tcp => register_on(stream, join).await,
-        Transport::WebSocket => {
-            let (socket, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+    let tcp = connect(addr, None).await?;
+    let socket = socket2::SockRef::from(&tcp).try_clone()?;
+    let stream: Stream = if transport.tls() {
+        let tls = tls.ok_or_else(|| io::Error::other("no TLS connector for a TLS transport"))?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        Box::new(tls.connect(name, tcp).await?)
+    } else {
+        Box::new(tcp)
+    };
+    let conn = match transport {
+        Transport::Tcp | Transport::Tls => framed(stream, socket),
+        Transport::WebSocket | Transport::WebSocketTls => {
+            let scheme = if transport.tls() { "wss" } else { "ws" };
+            let url = format!("{scheme}://{addr}/ws");
+            let (socket_ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
                 .map_err(io::Error::other)?;
-            let conn = Conn {
-                link: Link::WebSocket(Box::new(socket)),
-            };
-            register(conn, join).await
+            Conn {
+                link: Link::WebSocket(Box::new(socket_ws)),
+                socket,
+            }
         }
-    }
+    };
+    register(conn, join).await
 }
 
 impl Conn {
     /// Writes one whole frame (over WebSocket: its body, as one binary message).
     pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         match &mut self.link {
-            Link::Tcp { writer, .. } => writer.write_all(frame).await,
+            Link::Framed { writer, .. } => writer.write_all(frame).await,
             Link::WebSocket(socket) => {
                 let body = frame.get(FRAME_HEADER_LEN..).unwrap_or_default();
                 socket
@@ -200,7 +259,7 @@ impl Conn {
     /// The next message; `None` once the relay closed the connection.
     pub async fn next(&mut self) -> Option<io::Result<Message>> {
         match &mut self.link {
-            Link::Tcp { frames, .. } => match frames.next().await? {
+            Link::Framed { frames, .. } => match frames.next().await? {
                 Ok(body) => Some(decode(body)),
                 Err(err) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, err))),
             },
@@ -226,34 +285,26 @@ impl Conn {
         }
     }
 
-    /// The two halves of a framed TCP connection, for a client that reads in one task and
+    /// The two halves of a framed connection, for a client that reads in one task and
     /// writes in another; `None` over WebSocket.
-    pub fn into_parts(self) -> Option<(FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf)> {
+    pub fn into_parts(self) -> Option<(FrameReader, FrameWriter)> {
         match self.link {
-            Link::Tcp { frames, writer } => Some((frames, writer)),
+            Link::Framed { frames, writer } => Some((frames, writer)),
             Link::WebSocket(_) => None,
         }
     }
 
     /// Closes abruptly: a reset, and whatever the relay was still sending is lost.
     pub fn reset(self) {
-        match self.link {
-            Link::Tcp { frames, writer } => {
-                if let Ok(stream) = frames.into_inner().reunite(writer) {
-                    let _ = stream.set_zero_linger();
-                }
-            }
-            Link::WebSocket(socket) => {
-                let _ = socket.get_ref().set_zero_linger();
-            }
-        }
+        // Closing the last descriptor of a socket that lingers for 0 s sends a reset.
+        let _ = self.socket.set_linger(Some(Duration::ZERO));
     }
 
     /// Closes our side (FIN; over WebSocket a close frame), then reads what the relay still
     /// sends until it closes too.
     pub async fn finish(mut self, within: Duration) -> io::Result<Vec<Message>> {
         match &mut self.link {
-            Link::Tcp { writer, .. } => writer.shutdown().await?,
+            Link::Framed { writer, .. } => writer.shutdown().await?,
             Link::WebSocket(socket) => WebSocketStream::close(socket, None)
                 .await
                 .map_err(io::Error::other)?,
