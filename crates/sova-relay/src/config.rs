@@ -369,6 +369,23 @@ impl Config {
         self.render(None)
     }
 
+    /// In a cluster, each update stream must hold at least one update of the largest size
+    /// (NATS would refuse it); a zero would even mean "unbounded" to NATS.
+    fn check_cluster_history(&self) -> Result<(), String> {
+        if self.cluster_nats.is_empty() {
+            return Ok(());
+        }
+        let per_stream = self.cluster_history_max_bytes / u64::from(self.cluster_streams);
+        if per_stream < self.max_message_size as u64 {
+            return Err(format!(
+                "--cluster-history-max-bytes {} over --cluster-streams {} leaves {per_stream} bytes \
+                 per update stream, less than one update of --max-message-size {}",
+                self.cluster_history_max_bytes, self.cluster_streams, self.max_message_size
+            ));
+        }
+        Ok(())
+    }
+
     /// Loads the files the relay reads at start-up, as it would.
     fn load_files(&self) -> anyhow::Result<()> {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {

@@ -129,6 +129,11 @@ impl Resolved {
         from_file: &HashSet<String>,
     ) -> Result<Resolved, clap::Error> {
         let config = Config::from_arg_matches(matches)?;
+        if let Err(reason) = config.check_cluster_history() {
+            return Err(cmd
+                .clone()
+                .error(clap::error::ErrorKind::ValueValidation, reason));
+        }
         let origins = file::keys(cmd)
             .map(|arg| {
                 let id = arg.get_id().as_str();

@@ -205,3 +205,35 @@ fn message_size_keeps_the_first_byte_zero() {
     assert!(parse_message_size("0").is_err());
     assert_eq!(parse_message_size("1024"), Ok(1024));
 }
+
+#[test]
+fn each_update_stream_must_hold_one_largest_update() {
+    let cluster = |extra: &[&str]| {
+        let mut args = vec!["sova-relay", "--cluster-nats", "nats://127.0.0.1:4222"];
+        args.extend_from_slice(extra);
+        Config::load_from(args)
+    };
+    assert!(cluster(&[]).is_ok(), "the defaults");
+    let err = cluster(&[
+        "--cluster-history-max-bytes",
+        "4000000",
+        "--cluster-streams",
+        "8",
+    ])
+    .unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    assert!(
+        one_line(&err).contains("500000 bytes per update stream"),
+        "{err}"
+    );
+    assert!(cluster(&["--cluster-history-max-bytes", "0"]).is_err());
+    assert!(cluster(&[
+        "--cluster-history-max-bytes",
+        "8388608",
+        "--cluster-streams",
+        "8"
+    ])
+    .is_ok());
+    // Without a cluster the cluster's options are not used: nothing to refuse.
+    assert!(Config::load_from(["sova-relay", "--cluster-history-max-bytes", "0"]).is_ok());
+}
