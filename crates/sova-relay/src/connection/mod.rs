@@ -177,7 +177,10 @@ impl Connection {
         let pong_capable = registration.member.pong;
         let mut state = Relaying {
             registration,
-            limiter: RateLimiter::direct(Quota::per_minute(rate)),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_minute(rate),
+                self.shared.rate_clock.clone(),
+            ),
             last_rate_error: None,
             pings: pong_capable.then(|| {
                 let first = Instant::now() + config.ping_interval;
