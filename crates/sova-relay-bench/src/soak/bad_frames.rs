@@ -20,6 +20,8 @@ struct Answer {
     messages: Vec<Message>,
     /// Whether it answered HTTP (an uppercase first byte).
     http: Option<Response>,
+    /// Whether the relay took the bytes for a TLS handshake (first byte 0x16), which fails.
+    tls: bool,
     /// From the last byte sent to the close.
     took: Duration,
 }
@@ -28,7 +30,10 @@ struct Answer {
 async fn exchange(ctx: &Ctx, bytes: &[u8]) -> Result<Answer, String> {
     add(&ctx.books.tally.bad_inputs, 1);
     let http = bytes.first().is_some_and(u8::is_ascii_uppercase);
-    if !bytes.is_empty() && !http {
+    let tls = ctx.tls.is_some() && bytes.first() == Some(&TLS_HANDSHAKE);
+    if tls {
+        add(&ctx.books.tally.tls_failures, 1);
+    } else if !bytes.is_empty() && !http {
         add(&ctx.books.tally.framed_connections, 1);
     }
     let mut stream = wire::connect(ctx.addr, None)
@@ -51,6 +56,16 @@ async fn exchange(ctx: &Ctx, bytes: &[u8]) -> Result<Answer, String> {
         return Ok(Answer {
             messages: Vec::new(),
             http: Some(response),
+            tls: false,
+            took,
+        });
+    }
+    if tls {
+        // Whatever came back is TLS (an alert), not frames.
+        return Ok(Answer {
+            messages: Vec::new(),
+            http: None,
+            tls,
             took,
         });
     }
@@ -58,6 +73,7 @@ async fn exchange(ctx: &Ctx, bytes: &[u8]) -> Result<Answer, String> {
     Ok(Answer {
         messages,
         http: None,
+        tls: false,
         took,
     })
 }
@@ -70,11 +86,22 @@ fn told(answer: &Answer, text: &str) -> Result<(), String> {
     }
 }
 
-/// Random bytes: closed within the handshake timeout; whatever came back is well-formed.
+/// The first byte of a TLS handshake record: the relay, which serves TLS, answers TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Random bytes: closed within the handshake timeout; whatever came back is well-formed
+/// (HTTP, frames, or for a first byte 0x16 a failed TLS handshake).
 pub async fn random_bytes(ctx: &Ctx, rng: &mut fastrand::Rng) -> Result<(), String> {
     let len = rng.usize(1..=2048);
-    let bytes: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
+    let mut bytes: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
+    // One in four begins like a TLS record, so broken handshakes come often, not 1 in 256.
+    if rng.u8(0..4) == 0 {
+        bytes[0] = TLS_HANDSHAKE;
+    }
     let answer = exchange(ctx, &bytes).await?;
+    if answer.tls {
+        return Ok(());
+    }
     if let Some(response) = &answer.http {
         let ok = response.body.is_empty() || (400..600).contains(&response.status);
         return ok

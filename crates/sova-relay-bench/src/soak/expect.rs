@@ -143,6 +143,13 @@ pub fn compare(m: &Metrics, books: &Books, live: Live) -> Vec<Row> {
             why,
         );
     }
+    row(
+        "sova_relay_tls_handshake_failures_total",
+        m.get("sova_relay_tls_handshake_failures_total"),
+        n(&t.tls_failures),
+        Rel::Eq,
+        "random bytes beginning like a TLS handshake (0x16); every real TLS client succeeds",
+    );
     let open: f64 = Transport::ALL
         .iter()
         .map(|t| {

@@ -157,6 +157,8 @@ tally! {
     websocket_connections,
     /// Well-behaved connections over WebSocket inside TLS: `connections_total{wss}`.
     wss_connections,
+    /// Random bytes that began like a TLS handshake: `tls_handshake_failures_total`.
+    tls_failures,
     /// HTTP requests made (probes, kicks, bad HTTP).
     http_requests,
     /// Broadcasts well-behaved clients received live (not replayed on resume).
