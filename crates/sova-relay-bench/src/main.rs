@@ -82,8 +82,8 @@ struct SoakArgs {
     #[arg(long, default_value_t = 0)]
     nodes: usize,
     /// Share (0 to 1) of the well-behaved clients' connections (long-lived members,
-    /// churners, resumes) made over WebSocket (`GET /ws`) instead of framed TCP; abusers,
-    /// slow consumers and bad input stay on TCP.
+    /// churners, resumes, and slow consumers) made over WebSocket (`GET /ws`) instead of
+    /// framed TCP; abusers and bad input stay on TCP.
     #[arg(long, default_value_t = 0.3)]
     websocket_share: f64,
     /// Share (0 to 1) of the same connections made inside TLS (framed or WebSocket: the

@@ -131,8 +131,8 @@ pub fn compare(m: &Metrics, books: &Books, live: Live) -> Vec<Row> {
             Transport::Tcp => {
                 "every connection whose first byte is neither an uppercase letter nor a TLS handshake speaks frames"
             }
-            Transport::Tls => "every TLS connection the well-behaved clients made for frames",
-            Transport::WebSocket => "every WebSocket upgrade the well-behaved clients made",
+            Transport::Tls => "every TLS connection made for frames (well-behaved clients, slow consumers)",
+            Transport::WebSocket => "every WebSocket upgrade (well-behaved clients, slow consumers)",
             Transport::WebSocketTls => "every WebSocket upgrade inside TLS",
         };
         row(

@@ -62,7 +62,7 @@ fn activity(out: &mut String, ctx: &Ctx) {
     );
     let _ = writeln!(
         out,
-        "  connections: {} framed TCP (every kind of client); well-behaved clients also {} framed TLS, {} WebSocket, {} WebSocket over TLS",
+        "  connections: {} framed TCP (every kind of client); well-behaved clients and slow consumers also {} framed TLS, {} WebSocket, {} WebSocket over TLS",
         get(&t.framed_connections),
         get(&t.tls_connections),
         get(&t.websocket_connections),

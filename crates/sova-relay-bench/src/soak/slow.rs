@@ -3,12 +3,13 @@
 //! again. The relay must drop it (its queue passes `--max-pending-bytes`, or a write stalls
 //! past `--write-timeout`) while the feeder, never held back, and everyone else carry on
 //! untouched; the soak sees the drop in `/api/instances`, then reads what the relay had sent.
+//! Each consumer uses a transport drawn like the well-behaved clients' (framed or WebSocket,
+//! in the clear or inside TLS): each has its own writer in the relay.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sova_relay_protocol::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -16,7 +17,7 @@ use super::ctx::{millis, reached, Ctx, Phase};
 use super::http;
 use super::ledger::{add, SourceKind};
 use super::verdict::Inv;
-use super::wire::{self, Join};
+use super::wire::{self, Join, Transport};
 
 /// The session where a feeder floods and slow consumers stall.
 pub const SLOW_SESSION: &str = "soak-slow";
@@ -34,12 +35,12 @@ pub async fn slot(ctx: Arc<Ctx>, k: usize, seed: u64) {
         n += 1;
         let name = format!("slow-{k}-{n}");
         add(&ctx.books.tally.slow_started, 1);
-        match one(&ctx, &name).await {
+        let transport = ctx.pick_transport(&mut rng);
+        match one(&ctx, &name, transport).await {
             Ok(()) => ctx.books.verdicts.pass(Inv::SlowConsumer),
-            Err(why) => ctx
-                .books
-                .verdicts
-                .fail(Inv::SlowConsumer, || format!("{name}: {why}")),
+            Err(why) => ctx.books.verdicts.fail(Inv::SlowConsumer, || {
+                format!("{name} ({}): {why}", transport.label())
+            }),
         }
         tokio::select! {
             _ = tokio::time::sleep(millis(&mut rng, 500, 2_000)) => {}
@@ -48,8 +49,8 @@ pub async fn slot(ctx: Arc<Ctx>, k: usize, seed: u64) {
     }
 }
 
-async fn one(ctx: &Ctx, name: &str) -> Result<(), String> {
-    let mut stream = wire::connect(ctx.addr, Some(RCVBUF))
+async fn one(ctx: &Ctx, name: &str, transport: Transport) -> Result<(), String> {
+    let stream = wire::connect(ctx.addr, Some(RCVBUF))
         .await
         .map_err(|e| e.to_string())?;
     let join = Join {
@@ -58,18 +59,18 @@ async fn one(ctx: &Ctx, name: &str) -> Result<(), String> {
         capabilities: &[],
         resume: None,
     };
-    stream
-        .write_all(&wire::register_frame(&join, wire::VERSION))
+    let (mut conn, reg) = wire::join_on(transport, stream, ctx.tls.as_ref(), &join)
         .await
-        .map_err(|e| e.to_string())?;
-    add(&ctx.books.tally.framed_connections, 1);
-    let id = read_registration(&mut stream).await?;
+        .map_err(|e| e.to_string())??;
+    ctx.books.tally.connected(transport);
     add(&ctx.books.tally.registrations, 1);
-    ctx.books.ledger.registered(id, name, SourceKind::Silent);
+    ctx.books
+        .ledger
+        .registered(reg.id, name, SourceKind::Silent);
     let started = Instant::now();
-    while registered(ctx, id).await? {
+    while registered(ctx, reg.id).await? {
         if started.elapsed() > DROP_WITHIN {
-            stream.set_zero_linger().map_err(|e| e.to_string())?;
+            conn.reset();
             return Err(format!(
                 "still registered after {DROP_WITHIN:?} without reading"
             ));
@@ -77,42 +78,28 @@ async fn one(ctx: &Ctx, name: &str) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     add(&ctx.books.tally.slow_dropped, 1);
-    // What the relay managed to send before dropping it: whole frames (the last may be cut
-    // short by the kill), ending with `Slow consumer: …` if the socket still took it.
-    let bytes = wire::read_to_close(&mut stream, Duration::from_secs(20))
-        .await
-        .map_err(|e| format!("reading after the drop: {e}"))?;
-    let messages = wire::messages(&bytes, true)?;
-    for message in messages {
-        match message {
-            Message::StateBroadcast { .. } => {}
-            Message::Error { message } if message.starts_with("Slow consumer") => {}
-            other => return Err(format!("unexpected {other:?}")),
+    // What the relay managed to send before dropping it: whole messages, ending with
+    // `Slow consumer: …` if the socket still took it. The relay may have been cut off in
+    // the middle of a frame (or a TLS record): that ends the stream, nothing may follow.
+    let drained = async {
+        let mut broken = None;
+        while let Some(message) = conn.next().await {
+            match (message, &broken) {
+                (Err(err), None) => broken = Some(err.to_string()),
+                (Err(_), Some(_)) => {}
+                (Ok(message), Some(err)) => {
+                    return Err(format!("{} after a broken message ({err})", message.kind()))
+                }
+                (Ok(Message::StateBroadcast { .. }), None) => {}
+                (Ok(Message::Error { message }), None) if message.starts_with("Slow consumer") => {}
+                (Ok(other), None) => return Err(format!("unexpected {other:?}")),
+            }
         }
-    }
-    Ok(())
-}
-
-/// Reads exactly the `RegistrationResponse` frame, nothing after it.
-async fn read_registration(stream: &mut tokio::net::TcpStream) -> Result<Uuid, String> {
-    let mut header = [0u8; 4];
-    stream
-        .read_exact(&mut header)
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(20), drained)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    match wire::decode(body.into()).map_err(|e| e.to_string())? {
-        Message::RegistrationResponse {
-            success: true,
-            assigned_id: Some(id),
-            ..
-        } => Ok(id),
-        other => Err(format!("registration: {other:?}")),
-    }
+        .map_err(|_| "the relay did not close the connection".to_owned())?
 }
 
 /// Whether the relay still lists instance `id`.

@@ -215,7 +215,17 @@ pub async fn join_over(
     tls: Option<&TlsConnector>,
     join: &Join<'_>,
 ) -> io::Result<Result<(Conn, Registered), String>> {
-    let tcp = connect(addr, None).await?;
+    join_on(transport, connect(addr, None).await?, tls, join).await
+}
+
+/// Registers over `transport` on a TCP connection made already (with [`connect`]).
+pub async fn join_on(
+    transport: Transport,
+    tcp: TcpStream,
+    tls: Option<&TlsConnector>,
+    join: &Join<'_>,
+) -> io::Result<Result<(Conn, Registered), String>> {
+    let addr = tcp.peer_addr()?;
     let socket = socket2::SockRef::from(&tcp).try_clone()?;
     let stream: Stream = if transport.tls() {
         let tls = tls.ok_or_else(|| io::Error::other("no TLS connector for a TLS transport"))?;
