@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use sova_relay_protocol::Message;
 use tokio::task::JoinHandle;
 
-use crate::harness::{http_get, nats_server_or_skip, Node, TempDir, WAIT};
+use crate::harness::{http_get, nats_server_or_skip, Node, TempDir, UNRELAYED, WAIT};
 use crate::nats_cluster::{NatsCluster, UPDATES_STREAM};
 use crate::relaying::{as_broadcast, payload};
 use crate::support::TestClient;
@@ -447,6 +447,9 @@ async fn updates_flow_again_when_the_nats_server_leading_the_stream_is_killed() 
     let mut presence = Vec::new();
     for (i, record) in records.iter().enumerate() {
         let name = MEMBERS[i].0;
+        // A sender whose updates NATS did not store is told, at most once a second.
+        let mut last_told: Option<Instant> = None;
+        let mut told = 0;
         for (at, event) in &record.events {
             let offset = signed_ms(*at, killed);
             if *at < killed {
@@ -464,8 +467,22 @@ async fn updates_flow_again_when_the_nats_server_leading_the_stream_is_killed() 
                 Message::InstanceDisconnected { instance_name, .. } => presence.push(format!(
                     "{name} at {offset} ms: {instance_name} disconnected"
                 )),
+                Message::Error { message } if message == UNRELAYED => {
+                    if let Some(last) = last_told {
+                        let gap = at.duration_since(last);
+                        assert!(
+                            gap >= Duration::from_millis(900),
+                            "{name}: told again after {gap:?} (at most once a second)"
+                        );
+                    }
+                    last_told = Some(*at);
+                    told += 1;
+                }
                 other => panic!("{name}: unexpected at {offset} ms after the kill: {other:?}"),
             }
+        }
+        if told > 0 {
+            eprintln!("cluster ha: {name} was told {told}× that updates were not relayed");
         }
     }
     if !presence.is_empty() {

@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 use crate::support::{register_message, TestClient};
 use uuid::Uuid;
 
+/// What a sender is told when NATS did not store one of its updates.
+pub const UNRELAYED: &str = "Update not relayed: the cluster did not store it";
 /// Longest wait for something that must happen (a process starting, a node reconnecting).
 pub const WAIT: Duration = Duration::from_secs(30);
 /// `--cluster-expiry` of every node: short, so a dead node is noticed within seconds.
