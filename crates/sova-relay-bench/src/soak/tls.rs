@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 
 /// A fresh PKI (its files live as long as the value) and a connector trusting its CA.
 pub fn set_up() -> anyhow::Result<(TestPki, TlsConnector)> {
-    let pki = TestPki::new("soak");
+    let pki = TestPki::try_new("soak").context("making the soak's test certificate")?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&pki.ca).context("reading the soak's CA")? {
         roots.add(cert.context("the soak's CA")?)?;
