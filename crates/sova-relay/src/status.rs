@@ -85,6 +85,8 @@ struct ClusterJson {
     nodes: Vec<String>,
     /// Instances of the whole cluster.
     instances: usize,
+    /// Update streams the sessions are spread over (`--cluster-streams`).
+    update_streams: u8,
 }
 
 #[derive(Serialize)]
@@ -142,6 +144,7 @@ pub(crate) async fn api_status(State(shared): State<Arc<Shared>>) -> Json<Status
             connected: o.connected,
             nodes: o.nodes,
             instances: local_instances + o.remote_instances,
+            update_streams: o.update_streams,
         }),
         relay_version: env!("CARGO_PKG_VERSION"),
         sova_version: shared.config.sova_version.clone(),

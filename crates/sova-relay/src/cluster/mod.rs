@@ -283,6 +283,7 @@ impl Cluster {
             connected: self.is_available(),
             nodes: view.live_nodes.clone(),
             remote_instances: view.remote_count(),
+            update_streams: self.layout.count(),
         }
     }
 }
@@ -293,6 +294,7 @@ pub(crate) struct Overview {
     pub(crate) connected: bool,
     pub(crate) nodes: Vec<String>,
     pub(crate) remote_instances: usize,
+    pub(crate) update_streams: u8,
 }
 
 /// The part of a session's subject that names it: a hash of the token, never the token.

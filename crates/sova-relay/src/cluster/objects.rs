@@ -60,6 +60,11 @@ impl UpdateStreams {
         }
     }
 
+    /// How many streams.
+    pub(crate) fn count(&self) -> u8 {
+        self.count
+    }
+
     /// Which stream orders the session with this key (see `session_key`: 16 hex digits,
     /// or `default`, which goes to the first).
     fn shard(&self, cluster_key: &str) -> usize {

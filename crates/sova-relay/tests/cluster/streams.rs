@@ -122,6 +122,8 @@ async fn sessions_spread_over_several_streams_keep_their_order_and_resume_anywhe
     let Some(cluster) = Cluster::start("streams", 3, &["--cluster-streams", &streams]).await else {
         return;
     };
+    let status = cluster.nodes[0].status().await;
+    assert_eq!(status["cluster"]["update_streams"], STREAMS, "{status}");
     for session in 0..SESSIONS {
         play_and_resume(&cluster, &format!("spread-{session}")).await;
     }
