@@ -143,15 +143,6 @@ pub fn register_frame(join: &Join<'_>, version: &str) -> Bytes {
     })
 }
 
-/// Registers over `stream`, framed in the clear: the connection, or the relay's `Error`.
-pub async fn register_on(
-    stream: TcpStream,
-    join: &Join<'_>,
-) -> io::Result<Result<(Conn, Registered), String>> {
-    let socket = socket2::SockRef::from(&stream).try_clone()?;
-    register(framed(Box::new(stream), socket), join).await
-}
-
 fn framed(stream: Stream, socket: socket2::Socket) -> Conn {
     let (reader, writer) = tokio::io::split(stream);
     Conn {
@@ -200,12 +191,12 @@ async fn register(
     }
 }
 
-/// Connects over framed TCP and registers.
+/// Connects over framed TCP and registers: the connection, or the relay's `Error` text.
 pub async fn join(
     addr: SocketAddr,
     join: &Join<'_>,
 ) -> io::Result<Result<(Conn, Registered), String>> {
-    register_on(connect(addr, None).await?, join).await
+    join_over(Transport::Tcp, addr, None, join).await
 }
 
 /// Connects over `transport` and registers; `tls` is needed for the TLS transports.

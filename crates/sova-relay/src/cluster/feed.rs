@@ -264,7 +264,10 @@ async fn follow(cluster: &Arc<Cluster>, session: &Arc<Session>) -> anyhow::Resul
     reconnected.borrow_and_update();
     let objects = cluster.objects().context("cluster not set up yet")?;
     let updates_stream = objects.updates(&session.cluster_key);
-    let updates_subject = cluster.updates_subject(&session.cluster_key).to_string();
+    let updates_subject = session
+        .updates_subject()
+        .context("not a cluster session")?
+        .to_string();
     let snapshots_subject = snapshots_subject(&session.cluster_key);
 
     // Where to start: after what this node delivered, or (new here) every broadcast the

@@ -65,15 +65,14 @@ impl Cluster {
     /// Waits until this node's feed has delivered every update the stream holds for the
     /// session now (bounded by `DEPARTURE_WAIT`).
     async fn wait_feed_caught_up(&self, session: &Session) {
-        let Some(objects) = self.objects() else {
+        let (Some(objects), Some(subject)) = (self.objects(), session.updates_subject()) else {
             return;
         };
-        let subject = self.updates_subject(&session.cluster_key);
         let caught_up = async {
             // No message for the session, or NATS away: nothing this node could wait for.
             let Ok(last) = objects
                 .updates(&session.cluster_key)
-                .get_last_raw_message_by_subject(&subject)
+                .get_last_raw_message_by_subject(subject.as_str())
                 .await
             else {
                 return;
