@@ -91,25 +91,18 @@ async fn a_short_cluster_soak_passes() {
         return;
     };
     let started = Instant::now();
+    let smoke = soak::Options::smoke(Duration::from_secs(3), 7);
     let options = soak::Options {
-        duration: Duration::from_secs(3),
-        seed: 7,
         relay_bin: Some(relay),
         sizes: soak::Sizes {
             sessions: 2,
-            churners: 1,
-            abusers: 0,
-            slow_consumers: 0,
+            ..smoke.sizes
         },
-        relay_log: None,
-        rss_max_growth_pct: 100.0,
-        rss_max_growth_mib: 64,
         nodes: 3,
         // Sessions over several streams, as a large deployment runs.
         cluster_streams: 3,
-        websocket_share: 0.3,
-        tls_share: 0.3,
         nats_bin: Some(nats),
+        ..smoke
     };
     let outcome = soak::run(&options).await.expect("the cluster soak runs");
     assert!(

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sova_relay_bench::soak::{self, Options, Sizes};
+use sova_relay_bench::soak::{self, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_passes() {
@@ -14,25 +14,7 @@ async fn a_short_soak_passes() {
         return;
     }
     let started = Instant::now();
-    let options = Options {
-        duration: Duration::from_secs(3),
-        seed: 7,
-        relay_bin: None,
-        sizes: Sizes {
-            sessions: 1,
-            churners: 1,
-            abusers: 0,
-            slow_consumers: 0,
-        },
-        relay_log: None,
-        rss_max_growth_pct: 100.0,
-        rss_max_growth_mib: 64,
-        nodes: 0,
-        cluster_streams: 1,
-        websocket_share: 0.3,
-        tls_share: 0.3,
-        nats_bin: None,
-    };
+    let options = Options::smoke(Duration::from_secs(3), 7);
     let outcome = soak::run(&options).await.expect("the soak runs");
     assert!(
         outcome.passed,

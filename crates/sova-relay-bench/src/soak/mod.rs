@@ -82,6 +82,33 @@ pub struct Options {
     pub nats_bin: Option<PathBuf>,
 }
 
+impl Options {
+    /// A smoke run of a few seconds, as `cargo test` makes: one jam session, one churn slot,
+    /// no abusers or slow consumers, a generous memory bound (a short run has no steady
+    /// state), the relay beside this program, one relay.
+    pub fn smoke(duration: Duration, seed: u64) -> Options {
+        Options {
+            duration,
+            seed,
+            relay_bin: None,
+            sizes: Sizes {
+                sessions: 1,
+                churners: 1,
+                abusers: 0,
+                slow_consumers: 0,
+            },
+            relay_log: None,
+            rss_max_growth_pct: 100.0,
+            rss_max_growth_mib: 64,
+            nodes: 0,
+            cluster_streams: 1,
+            websocket_share: 0.3,
+            tls_share: 0.3,
+            nats_bin: None,
+        }
+    }
+}
+
 /// The result: whether every invariant held, and the report.
 pub struct Outcome {
     /// No violation.
