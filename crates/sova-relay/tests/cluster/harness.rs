@@ -112,6 +112,24 @@ fn wait_for_line(
 }
 
 /// Sends `signal` (e.g. `TERM`) to `pid`.
+/// For a `Drop`: SIGKILLs and reaps `child` if it still runs; while a test is failing,
+/// prints what its stderr said that no wait consumed (the last `tail` lines).
+pub fn reap(child: &mut Option<Child>, who: &str, lines: &mpsc::Receiver<String>, tail: usize) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if std::thread::panicking() {
+        let log: Vec<String> = lines.try_iter().collect();
+        let tail = &log[log.len().saturating_sub(tail)..];
+        eprintln!(
+            "--- {who} stderr (last {} lines) ---\n{}",
+            tail.len(),
+            tail.join("\n")
+        );
+    }
+}
+
 fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
@@ -389,15 +407,8 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // A failed test shows what each node logged (the lines no wait consumed).
-        if std::thread::panicking() {
-            let log: Vec<String> = self.lines.try_iter().collect();
-            eprintln!("--- {} stderr ---\n{}", self.name, log.join("\n"));
-        }
+        // A failed test shows everything each node logged.
+        reap(&mut self.child, &self.name, &self.lines, usize::MAX);
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{free_port, http_get, stderr_lines, WAIT};
+use crate::harness::{free_port, http_get, reap, stderr_lines, WAIT};
 
 /// The stream every session's updates go through.
 pub(crate) const UPDATES_STREAM: &str = "SOVA_UPDATES";
@@ -87,20 +87,8 @@ impl NatsMember {
 
 impl Drop for NatsMember {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            let log: Vec<String> = self.lines.try_iter().collect();
-            let tail = &log[log.len().saturating_sub(40)..];
-            eprintln!(
-                "--- nats-server {} stderr (last {} lines) ---\n{}",
-                self.name,
-                tail.len(),
-                tail.join("\n")
-            );
-        }
+        let who = format!("nats-server {}", self.name);
+        reap(&mut self.child, &who, &self.lines, 40);
     }
 }
 
